@@ -1,0 +1,88 @@
+"""Validation of constraint parameters and axes: fail early, name the value."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Sequence
+
+Axis = int | Sequence[int] | None
+"""The axis or axes a norm is taken over: an int, a sequence of ints, or None for all axes."""
+
+
+def check_value(name: str, value: object) -> float:
+    """Return ``value`` as a float; raise ValueError unless it is a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return number
+
+
+def check_bounds(min_value: object, max_value: object) -> tuple[float, float]:
+    """Validate the bounds of a min-max norm: 0 <= min_value <= max_value, both finite."""
+    low = check_value("min_value", min_value)
+    high = check_value("max_value", max_value)
+    if low > high:
+        raise ValueError(
+            f"min_value must be <= max_value, got min_value={min_value!r}, max_value={max_value!r}"
+        )
+    return low, high
+
+
+def check_rate(rate: object) -> float:
+    """Validate the rate of a min-max norm: a number in [0, 1]."""
+    number = check_value("rate", rate)
+    if number > 1:
+        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    return number
+
+
+def _as_int(axis: object, original: object) -> int:
+    if isinstance(axis, bool):
+        raise ValueError(f"axis must be an int, a sequence of ints or None, got {original!r}")
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise ValueError(
+            f"axis must be an int, a sequence of ints or None, got {original!r}"
+        ) from None
+
+
+def check_axis(axis: object) -> int | tuple[int, ...] | None:
+    """Normalise an axis specification without knowing the array: int, tuple of ints or None.
+
+    Lists become tuples (so constraints stay hashable); repeated axes are rejected when they are
+    spelled the same way (``(0, 0)``); ``(0, -2)`` on a 2-d array is caught at call time.
+    """
+    if axis is None:
+        return None
+    if isinstance(axis, (list, tuple)):
+        axes = tuple(_as_int(a, axis) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"axis contains a repeated axis: {axis!r}")
+        return axes
+    return _as_int(axis, axis)
+
+
+def normalize_axes(axis: Axis, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Return the sorted, non-negative axes that ``axis`` names in an array of ``shape``.
+
+    Raises:
+        ValueError: ``axis`` is out of range for ``shape`` or names an axis twice.
+    """
+    ndim = len(shape)
+    checked = check_axis(axis)
+    if checked is None:
+        return tuple(range(ndim))
+    given = checked if isinstance(checked, tuple) else (checked,)
+    axes = []
+    for a in given:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {axis!r} is out of range for weights of shape {tuple(shape)}")
+        axes.append(a % ndim)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis {axis!r} repeats an axis of weights of shape {tuple(shape)}")
+    return tuple(sorted(axes))

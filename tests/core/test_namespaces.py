@@ -1,0 +1,100 @@
+"""The same core code on other array libraries: torch tensors and a generic array-API namespace.
+
+torch and array-api-compat are optional dependencies of the core; the dev extra installs both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import weight_constraints as wc
+
+torch = pytest.importorskip("torch")
+
+CASES = {
+    "max_norm": lambda w, **kw: wc.max_norm(w, 1.0, (0, 2), **kw),
+    "unit_norm": lambda w, **kw: wc.unit_norm(w, -1, **kw),
+    "min_max_norm": lambda w, **kw: wc.min_max_norm(w, 0.5, 1.5, 0.5, None, **kw),
+    "non_neg": lambda w, **kw: wc.non_neg(w, **kw),
+    "node_norms": lambda w, **kw: wc.node_norms(w, (1, 2), keepdims=True, **kw),
+}
+TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def sample(dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 4, 3)) * rng.uniform(0.1, 2.0, (1, 4, 1))
+    w[:, 1, :] = 0.0  # a zero node
+    return w.astype(dtype)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_matches_numpy_and_keeps_dtype(name, dtype):
+    w64 = sample(np.float64)
+    tensor = torch.tensor(w64, dtype=TORCH_DTYPES[dtype])
+    result = CASES[name](tensor)
+    assert isinstance(result, torch.Tensor)
+    expected_dtype = TORCH_DTYPES["float32" if dtype in ("float16", "bfloat16") else dtype]
+    assert result.dtype == (expected_dtype if name == "node_norms" else tensor.dtype)
+    expected = CASES[name](tensor.double().numpy())
+    eps = torch.finfo(TORCH_DTYPES[dtype]).eps
+    np.testing.assert_allclose(result.double().numpy(), expected, rtol=4 * eps, atol=4 * eps)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "node_norms"])
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_out_in_place(name, dtype):
+    tensor = torch.tensor(sample(np.float64), dtype=TORCH_DTYPES[dtype])
+    expected = CASES[name](tensor)
+    pointer = tensor.data_ptr()
+    returned = CASES[name](tensor, out=tensor)
+    assert returned is tensor and tensor.data_ptr() == pointer
+    torch.testing.assert_close(tensor, expected, rtol=0, atol=0)
+
+
+def test_torch_float16_entries_up_to_65504():
+    w = torch.full((4, 3), 65504.0, dtype=torch.float16)
+    torch.testing.assert_close(wc.unit_norm(w), torch.full((4, 3), 0.5, dtype=torch.float16))
+    torch.testing.assert_close(wc.max_norm(w, 3.0), torch.full((4, 3), 1.5, dtype=torch.float16))
+
+
+def test_torch_keeps_autograd_without_out():
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    wc.max_norm(w, 0.5).sum().backward()
+    assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_torch_errors():
+    with pytest.raises(TypeError, match="dtype int64"):
+        wc.max_norm(torch.ones(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="dtype bool"):
+        wc.non_neg(torch.ones(3, dtype=torch.bool))
+    w = torch.ones(3, 2)
+    with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
+        wc.unit_norm(w, axis=2, out=w)
+    with pytest.raises(TypeError, match="out must be a Tensor"):
+        wc.unit_norm(w, out=np.ones((3, 2), np.float32))
+    assert (w == 1).all()
+
+
+def test_explicit_numpy_namespace_for_torch_input_is_refused_cleanly():
+    # xp=numpy converts the input with numpy.asarray: fine on CPU, and the result is NumPy.
+    result = wc.max_norm(torch.ones(4, 1), 1.0, xp=np)
+    assert isinstance(result, np.ndarray)
+
+
+def test_generic_array_api_namespace():
+    compat = pytest.importorskip("array_api_compat")
+    xp = compat.array_namespace(torch.empty(0))
+    tensor = torch.tensor(sample(np.float64), dtype=torch.float32)
+    for name in CASES:
+        got = CASES[name](tensor, xp=xp)
+        torch.testing.assert_close(got, CASES[name](tensor))
+    with pytest.raises(TypeError, match="out= needs NumPy arrays or torch tensors"):
+        wc.max_norm(tensor, 1.0, out=tensor, xp=xp)
