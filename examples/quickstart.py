@@ -1,6 +1,7 @@
 """The README's NumPy quick start."""
 
 import numpy as np
+
 import weight_constraints as wc
 
 w = np.array([[3.0, 0.3], [4.0, 0.4]])  # a Dense kernel (in=2, out=2): nodes are columns

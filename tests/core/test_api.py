@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
-import weight_constraints as wc
 from hypothesis import given
 from hypothesis import strategies as st
+
+import weight_constraints as wc
 
 FUNCTIONS = {
     "max_norm": lambda w, **kw: wc.max_norm(w, 1.0, **kw),

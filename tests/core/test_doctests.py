@@ -5,8 +5,8 @@ from __future__ import annotations
 import pkgutil
 
 import pytest
-import weight_constraints
 
+import weight_constraints
 from tests.doctests import run_doctests
 
 MODULES = ["weight_constraints"] + [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 import weight_constraints as wc
 
 torch = pytest.importorskip("torch")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import weight_constraints as wc
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import weight_constraints as wc
 from tests.reference import (
     EPS,
     accumulation_eps,
