@@ -54,8 +54,9 @@ def _as_int(axis: object, original: object) -> int:
 def check_axis(axis: object) -> int | tuple[int, ...] | None:
     """Normalise an axis specification without knowing the array: int, tuple of ints or None.
 
-    Lists become tuples (so constraints stay hashable); repeated axes are rejected when they are
-    spelled the same way (``(0, 0)``); ``(0, -2)`` on a 2-d array is caught at call time.
+    Lists become tuples (so constraints stay hashable) and a single axis becomes an int, so
+    ``axis=[0]``, ``(0,)`` and ``0`` are the same constraint. Repeated axes are rejected when they
+    are spelled the same way (``(0, 0)``); ``(0, -2)`` on a 2-d array is caught at call time.
     """
     if axis is None:
         return None
@@ -63,7 +64,7 @@ def check_axis(axis: object) -> int | tuple[int, ...] | None:
         axes = tuple(_as_int(a, axis) for a in axis)
         if len(set(axes)) != len(axes):
             raise ValueError(f"axis contains a repeated axis: {axis!r}")
-        return axes
+        return axes[0] if len(axes) == 1 else axes
     return _as_int(axis, axis)
 
 

@@ -61,6 +61,8 @@ def namespace(w: Any, xp: ModuleType | None = None) -> tuple[Any, Any]:
             xp = np
     if xp is np:
         w = np.asarray(w)
+    elif kind(xp) == "keras":
+        w = xp.convert_to_tensor(w)  # a variable's value; NumPy input becomes a backend tensor
     return w, xp
 
 

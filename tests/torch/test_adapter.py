@@ -233,7 +233,7 @@ def test_add_a_tensor_with_dims():
     assert entry.name == "extra" and entry.dims == (0,) and entry.parameter is extra
     registry.apply()
     assert node_norms(extra, 0).max() <= 1 + 1e-6
-    assert "extra: MaxNorm(max_value=1.0, axis=(0,))" in repr(registry)
+    assert "extra: MaxNorm(max_value=1.0, axis=0)" in repr(registry)
     # NonNeg needs no dims; an explicit axis that agrees with dims is fine
     Constraints().add(torch.randn(3), wc.NonNeg())
     Constraints().add(torch.randn(3, 4), wc.MaxNorm(1, axis=1), dims=-1)

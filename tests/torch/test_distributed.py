@@ -44,6 +44,15 @@ def run_workers(worker, *args) -> None:
                 process.kill()
 
 
+def finish() -> None:
+    """Leave the process group and exit at once: gloo's threads can abort a normal interpreter
+    shutdown ("terminate called without an active exception") after the checks have passed.
+    Only reached on success; an exception propagates and is reported by the parent."""
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def init(rank: int, port: int) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -80,8 +89,10 @@ def ddp_worker(rank: int, port: int) -> None:
         dist.all_gather(gathered, flat)
         assert torch.equal(gathered[0], gathered[1]), "replicas differ"
         assert not torch.equal(flat, torch.cat([p.reshape(-1) for p in model_for(0).parameters()]))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    finish()
 
 
 def fsdp_worker(rank: int, port: int) -> None:
@@ -118,15 +129,17 @@ def fsdp_worker(rank: int, port: int) -> None:
             assert isinstance(parameter, DTensor), entry.name
             assert parameter.placements == (Shard(0),), entry.name  # still sharded
             assert parameter.to_local().shape[0] < parameter.shape[0], entry.name
-            full = parameter.full_tensor()
+            full = parameter.detach().full_tensor()
             norms = wc.node_norms(full, entry.dims)
             assert float(norms.max()) <= entry.constraint.max_value * (1 + 1e-6), entry.name
             assert float(norms.max()) >= entry.constraint.max_value * 0.99, entry.name
             gathered = [torch.empty_like(full) for _ in range(WORLD_SIZE)]
             dist.all_gather(gathered, full)
             assert torch.equal(gathered[0], gathered[1]), entry.name
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    finish()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
