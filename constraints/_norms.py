@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Any
 
@@ -12,17 +13,57 @@ from ._namespace import accumulation_dtype, astype, float_dtype, kind, namespace
 
 
 def _numpy_norms(w: np.ndarray, axes: tuple[int, ...], acc: str) -> np.ndarray:
-    # einsum forms the sum of squares in one pass, with no temporary the size of w.
+    # One pass over w, with no temporary of its size: a BLAS dot product per node when each
+    # node is a contiguous run of memory, einsum's sum of products otherwise.
+    shape = tuple(1 if i in axes else size for i, size in enumerate(w.shape))
+    trailing = axes == tuple(range(w.ndim - len(axes), w.ndim))
+    if trailing and w.size and w.flags.c_contiguous and w.dtype == acc and hasattr(np, "vecdot"):
+        rows = w.reshape(-1, math.prod(w.shape[w.ndim - len(axes) :]))
+        return np.sqrt(np.vecdot(rows, rows)).reshape(shape)
     letters = string.ascii_letters[: w.ndim]
     kept = "".join(letter for i, letter in enumerate(letters) if i not in axes)
     squares = np.einsum(f"{letters},{letters}->{kept}", w, w, dtype=acc)
-    shape = tuple(1 if i in axes else size for i, size in enumerate(w.shape))
     return np.sqrt(squares).reshape(shape)
 
 
+# Block size of the CPU reduction over leading dims: large enough to amortise each step's
+# overhead, small enough that a block's squares stay in cache.
+_BLOCK_BYTES = 1 << 22
+
+
 def _torch_norms(w: Any, axes: tuple[int, ...], acc: str, torch: Any) -> Any:
-    # A fused reduction (no squared temporary); dtype= makes half precision accumulate in float32.
-    return torch.linalg.vector_norm(w, dim=axes, keepdim=True, dtype=getattr(torch, acc))
+    dtype = getattr(torch, acc)
+    lead = next(i for i in range(w.ndim + 1) if i not in axes)  # leading reduced dims
+    if w.device.type != "cpu" or lead == w.ndim or not w.is_contiguous():
+        # A fused reduction (no squared temporary); dtype= accumulates half precision in float32.
+        return torch.linalg.vector_norm(w, dim=axes, keepdim=True, dtype=dtype)
+    # On the CPU, work in cache-sized blocks of the first dim: torch reduces over leading dims
+    # (the ConvTranspose layout) some 15x slower than over trailing ones, and dtype= converts a
+    # half-precision tensor to float32 whole before reducing it.
+    rows = w.reshape(math.prod(w.shape[: max(lead, 1)]), *w.shape[max(lead, 1) :])
+    block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * w.element_size() or 1))
+    if lead == 0:  # nodes lie in blocks of the first dim: reduce each block on its own
+        if w.dtype == dtype:
+            return torch.linalg.vector_norm(w, dim=axes, keepdim=True)
+        parts = [
+            torch.linalg.vector_norm(c.to(dtype), dim=axes, keepdim=True) for c in w.split(block)
+        ]
+        return torch.cat(parts)
+    # Leading dims reduced: add up, block by block, the squared norms over the trailing reduced
+    # dims (a fast reduction) or the squares themselves when no trailing dim is reduced.
+    suffix = [a for a in axes if a >= lead and all(b in axes for b in range(a, w.ndim))]
+    trailing = tuple(a - lead + 1 for a in suffix)  # their dims in rows
+    squares = None
+    for chunk in rows.split(block):
+        chunk = chunk.to(dtype)
+        if trailing:
+            chunk = torch.linalg.vector_norm(chunk, dim=trailing, keepdim=True)
+        part = (chunk * chunk).sum(0)
+        squares = part if squares is None else squares.add_(part)
+    middle = tuple(a - lead for a in axes if a >= lead and a - lead + 1 not in trailing)
+    if middle:
+        squares = squares.sum(dim=middle, keepdim=True)
+    return squares.sqrt().view(tuple(1 if i in axes else n for i, n in enumerate(w.shape)))
 
 
 def norms(w: Any, axes: tuple[int, ...], acc: str, xp: Any) -> Any:

@@ -200,7 +200,8 @@ def min_max_norm(
 def non_neg(w: Any, *, out: Any = None, xp: Any = None) -> Any:
     """Set negative entries to zero: ``argmin_y ‖x − y‖ s.t. y ≥ 0``, entry by entry.
 
-    Every other entry (zero, ``-0.0``, positive, NaN) comes back unchanged bit for bit.
+    Positive entries and NaN come back unchanged; a ``-0.0`` may come back as ``+0.0`` (the two
+    compare equal). This is ``maximum(w, 0)``, as in ``keras.constraints.NonNeg``.
 
     Args:
         w: The weights, an array of a floating dtype.

@@ -61,8 +61,10 @@ def test_torch_out_in_place(name, dtype):
 
 def test_torch_float16_entries_up_to_65504():
     w = torch.full((4, 3), 65504.0, dtype=torch.float16)
-    torch.testing.assert_close(wc.unit_norm(w), torch.full((4, 3), 0.5, dtype=torch.float16))
-    torch.testing.assert_close(wc.max_norm(w, 3.0), torch.full((4, 3), 1.5, dtype=torch.float16))
+    assert torch.equal(wc.unit_norm(w), torch.full((4, 3), 0.5, dtype=torch.float16))
+    assert torch.equal(wc.max_norm(w, 3.0), torch.full((4, 3), 1.5, dtype=torch.float16))
+    wc.unit_norm(w, 1, out=w)  # in place: norm 131008, factor 7.6e-6 (a float16 subnormal)
+    assert torch.equal(w, torch.full((4, 3), 1 / 3**0.5, dtype=torch.float16))
 
 
 def test_torch_keeps_autograd_without_out():
@@ -99,3 +101,30 @@ def test_generic_array_api_namespace():
         torch.testing.assert_close(got, CASES[name](tensor))
     with pytest.raises(TypeError, match="out= needs NumPy arrays or torch tensors"):
         wc.max_norm(tensor, 1.0, out=tensor, xp=xp)
+
+
+# Shapes large enough that the CPU paths work in several cache-sized blocks (4 MiB each).
+BLOCKED = [
+    ((2100, 600), 0),  # Keras Dense layout: a leading reduction, 3 blocks
+    ((700, 300, 3, 3), (0, 2, 3)),  # ConvTranspose layout: leading and trailing reductions
+    ((3, 3, 300, 500), (0, 1, 2)),  # Keras Conv2D layout
+    ((5000, 300), 1),  # Linear layout: trailing reduction (blocks for half precision)
+    ((9, 400, 700), (0, 2)),
+]
+
+
+@pytest.mark.parametrize("shape, axis", BLOCKED)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_torch_cpu_blocked_paths_match_numpy(shape, axis, dtype):
+    rng = np.random.default_rng(3)
+    w64 = rng.standard_normal(shape) * rng.uniform(0.2, 3.0, size=shape[-1])
+    tensor = torch.tensor(w64, dtype=TORCH_DTYPES[dtype])
+    exact = tensor.double().numpy()
+    norms = wc.node_norms(tensor, axis, keepdims=True)
+    assert norms.dtype == torch.float32
+    np.testing.assert_allclose(norms.numpy(), wc.node_norms(exact, axis, keepdims=True), rtol=1e-5)
+    projected = wc.max_norm(tensor, 1.0, axis, out=tensor)
+    expected = wc.max_norm(exact, 1.0, axis)
+    eps = torch.finfo(TORCH_DTYPES[dtype]).eps
+    np.testing.assert_allclose(projected.double().numpy(), expected, rtol=2 * eps, atol=2 * eps)
+    assert float(wc.node_norms(projected, axis).max()) <= 1 + 2 * eps
