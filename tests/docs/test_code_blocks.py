@@ -39,8 +39,9 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
     for number, code in enumerate(blocks(page, "python"), start=1):
         try:
             exec(compile(code, f"{page.name}, python block {number}", "exec"), namespace)
-        except Exception as error:  # pragma: no cover - the message is the point
-            raise AssertionError(f"{page.relative_to(ROOT)}, python block {number}: {error!r}")
+        except Exception as error:
+            where = f"{page.relative_to(ROOT)}, python block {number}"
+            raise AssertionError(f"{where}: {error!r}") from error
 
 
 EXTRAS = set(
