@@ -100,11 +100,11 @@ class MaxNorm(_CoreBacked):
     :func:`weight_constraints.max_norm`).
 
     Args:
-        max_value: The largest norm of the incoming weights of a unit.
-        axis: The axis or axes each norm is taken over: 0 for a ``Dense`` kernel ``(in, out)``;
-            for a ``Conv2D`` kernel ``(rows, cols, in, out)`` use ``[0, 1, 2]``, for a
-            ``Conv2DTranspose`` kernel ``(rows, cols, out, in)`` use ``[0, 1, 3]``
-            (:func:`per_node_axis` gives them for any layer).
+        max_value (float): The largest norm of the incoming weights of a unit.
+        axis (int | tuple[int, ...] | None): The axis or axes each norm is taken over: 0 for
+            a ``Dense`` kernel ``(in, out)``; for a ``Conv2D`` kernel ``(rows, cols, in, out)``
+            use ``[0, 1, 2]``, for a ``Conv2DTranspose`` kernel ``(rows, cols, out, in)`` use
+            ``[0, 1, 3]`` (:func:`per_node_axis` gives them for any layer).
     """
 
     def __init__(self, max_value=2, axis=0):
@@ -117,7 +117,8 @@ class UnitNorm(_CoreBacked):
     :func:`weight_constraints.unit_norm`).
 
     Args:
-        axis: The axis or axes each norm is taken over (see :class:`MaxNorm`).
+        axis (int | tuple[int, ...] | None): The axis or axes each norm is taken over (see
+            :class:`MaxNorm`).
     """
 
     def __init__(self, axis=0):
@@ -130,10 +131,11 @@ class MinMaxNorm(_CoreBacked):
     (see :func:`weight_constraints.min_max_norm`).
 
     Args:
-        min_value: The smallest norm of the incoming weights of a unit.
-        max_value: The largest norm of the incoming weights of a unit.
-        rate: The fraction of the way to the interval moved at each step, in ``[0, 1]``.
-        axis: The axis or axes each norm is taken over (see :class:`MaxNorm`).
+        min_value (float): The smallest norm of the incoming weights of a unit.
+        max_value (float): The largest norm of the incoming weights of a unit.
+        rate (float): The fraction of the way to the interval moved at each step, in ``[0, 1]``.
+        axis (int | tuple[int, ...] | None): The axis or axes each norm is taken over (see
+            :class:`MaxNorm`).
     """
 
     def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=0):

@@ -364,8 +364,10 @@ class Constraints:
         >>> from weight_constraints.adapters.torch import Constraints
         >>> lstm = torch.nn.LSTM(4, 8)
         >>> registry = Constraints().add(lstm, kernel=MaxNorm(3), recurrent=UnitNorm())
-        >>> [entry.name for entry in registry]
-        ['LSTM.weight_ih_l0', 'LSTM.weight_hh_l0']
+        >>> for entry in registry:
+        ...     print(entry.name, entry.dims)
+        LSTM.weight_ih_l0 (1,)
+        LSTM.weight_hh_l0 (1,)
         >>> extra = torch.nn.Parameter(torch.randn(5, 6))
         >>> _ = registry.add(extra, MaxNorm(2), dims=0)  # any tensor, dims of your choice
         >>> registry.apply()  # project now, e.g. after loading a checkpoint
