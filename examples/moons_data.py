@@ -7,8 +7,10 @@ other 70 to test on, an MLP 2 -> 500 ReLU -> 1 sigmoid trained for 4000 epochs w
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,34 @@ def moons() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def result_line(train_accuracy: float, test_accuracy: float) -> str:
     """The tutorial's summary line, from measured accuracies."""
     return f"Train: {train_accuracy:.3f}, Test: {test_accuracy:.3f}"
+
+
+def compare_cli(
+    argv: list[str] | None,
+    description: str,
+    train: Callable[..., dict],
+    constraint: object,
+    figure: str,
+    title: str,
+) -> int:
+    """The command line of the two-model examples: train without and with ``constraint``,
+    print what each measured, and save the learning curves to ``--out/figure``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    start = time.perf_counter()
+    curves = {}
+    for label, this in (("no constraint", None), ("unit_norm hidden", constraint)):
+        result = train(args.seed, this, args.epochs)
+        print(f"{label:>17}: {result_line(*result['final'])}")
+        curves[label] = {"train": result["train"], "test": result["test"]}
+    path = plot_learning_curves(curves, args.out / figure, f"{title}, {args.epochs} epochs")
+    print(f"figure: {path}   ({time.perf_counter() - start:.1f} s)")
+    return 0
 
 
 def _pyplot():

@@ -19,10 +19,7 @@ Usage: ``python examples/moons_keras.py [--epochs N] [--seed S] [--out DIR]``
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
-from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,7 +29,7 @@ import numpy as np
 
 from weight_constraints.adapters.keras import unit_norm
 
-from moons_data import EPOCHS, HIDDEN, moons, plot_learning_curves, result_line
+from moons_data import EPOCHS, HIDDEN, compare_cli, moons
 
 
 def build(constraint: keras.constraints.Constraint | None, hidden: int = HIDDEN) -> keras.Model:
@@ -69,23 +66,8 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("out"))
-    args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    start = time.perf_counter()
-    curves = {}
-    for label, constraint in (("no constraint", None), ("unit_norm hidden", unit_norm())):
-        result = train(args.seed, constraint, args.epochs)
-        print(f"{label:>17}: {result_line(*result['final'])}")
-        curves[label] = {"train": result["train"], "test": result["test"]}
-    title = f"Keras ({keras.backend.backend()}), moons, {args.epochs} epochs"
-    path = plot_learning_curves(curves, args.out / "moons_keras.png", title)
-    print(f"figure: {path}   ({time.perf_counter() - start:.1f} s)")
-    return 0
+    title = f"Keras ({keras.backend.backend()}), moons"
+    return compare_cli(argv, __doc__.splitlines()[0], train, unit_norm(), "moons_keras.png", title)
 
 
 if __name__ == "__main__":

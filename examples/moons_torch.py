@@ -11,10 +11,7 @@ Usage: ``python examples/moons_torch.py [--epochs N] [--seed S] [--out DIR]``
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,15 +19,7 @@ from torch import nn
 import weight_constraints as wc
 from weight_constraints.adapters.torch import Constraints
 
-from moons_data import (
-    EPOCHS,
-    EPSILON,
-    HIDDEN,
-    LEARNING_RATE,
-    moons,
-    plot_learning_curves,
-    result_line,
-)
+from moons_data import EPOCHS, EPSILON, HIDDEN, LEARNING_RATE, compare_cli, moons
 
 
 class MLP(nn.Module):
@@ -90,25 +79,9 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("out"))
-    args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they give
-    start = time.perf_counter()
-    curves = {}
-    for label, constraint in (("no constraint", None), ("unit_norm hidden", wc.UnitNorm())):
-        result = train(args.seed, constraint, args.epochs)
-        print(f"{label:>17}: {result_line(*result['final'])}")
-        curves[label] = {"train": result["train"], "test": result["test"]}
-    path = plot_learning_curves(
-        curves, args.out / "moons_torch.png", f"PyTorch, moons, {args.epochs} epochs"
-    )
-    print(f"figure: {path}   ({time.perf_counter() - start:.1f} s)")
-    return 0
+    description = __doc__.splitlines()[0]
+    return compare_cli(argv, description, train, wc.UnitNorm(), "moons_torch.png", "PyTorch, moons")
 
 
 if __name__ == "__main__":

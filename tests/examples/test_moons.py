@@ -8,6 +8,8 @@ import pytest
 import weight_constraints as wc
 from tests.examples.helpers import RESULT, assert_png, run_script
 
+from moons_data import result_line
+
 
 def test_moons_torch_smoke(tmp_path):
     result = run_script("moons_torch.py", "--epochs", "30", "--out", str(tmp_path))
@@ -32,8 +34,8 @@ def test_moons_torch_reference_result():
 
     baseline = moons_torch.train(1, None)
     constrained = moons_torch.train(1, wc.UnitNorm())
-    assert moons_torch.result_line(*baseline["final"]) == "Train: 1.000, Test: 0.914"
-    assert moons_torch.result_line(*constrained["final"]) == "Train: 1.000, Test: 0.943"
+    assert result_line(*baseline["final"]) == "Train: 1.000, Test: 0.914"
+    assert result_line(*constrained["final"]) == "Train: 1.000, Test: 0.943"
     hidden = constrained["model"].hidden.weight.detach().numpy()
     np.testing.assert_allclose(wc.node_norms(hidden, axis=1), 1.0, rtol=1e-6)
 
@@ -51,8 +53,8 @@ def test_moons_keras_reference_result():
 
     baseline = moons_keras.train(1, None)
     constrained = moons_keras.train(1, moons_keras.unit_norm())
-    assert moons_keras.result_line(*baseline["final"]) == "Train: 1.000, Test: 0.914"
-    assert moons_keras.result_line(*constrained["final"]) == "Train: 1.000, Test: 0.943"
+    assert result_line(*baseline["final"]) == "Train: 1.000, Test: 0.914"
+    assert result_line(*constrained["final"]) == "Train: 1.000, Test: 0.943"
 
 
 @pytest.mark.parametrize("script", ["moons_torch.py", "moons_keras.py"])
