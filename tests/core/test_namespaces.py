@@ -59,6 +59,14 @@ def test_torch_out_in_place(name, dtype):
     torch.testing.assert_close(tensor, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_zero_ball(dtype):
+    tensor = torch.tensor(sample(np.float64), dtype=TORCH_DTYPES[dtype])
+    assert torch.equal(wc.max_norm(tensor, 0.0, (0, 2)), torch.zeros_like(tensor))
+    assert wc.max_norm(tensor, 0, 1, out=tensor) is tensor
+    assert torch.equal(tensor, torch.zeros_like(tensor))
+
+
 def test_torch_float16_entries_up_to_65504():
     w = torch.full((4, 3), 65504.0, dtype=torch.float16)
     assert torch.equal(wc.unit_norm(w), torch.full((4, 3), 0.5, dtype=torch.float16))
