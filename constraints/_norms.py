@@ -34,14 +34,14 @@ _BLOCK_BYTES = 1 << 22
 def _torch_norms(w: Any, axes: tuple[int, ...], acc: str, torch: Any) -> Any:
     dtype = getattr(torch, acc)
     lead = next(i for i in range(w.ndim + 1) if i not in axes)  # leading reduced dims
-    if w.device.type != "cpu" or lead == w.ndim or not w.is_contiguous():
+    if w.device.type != "cpu" or lead == w.ndim or not w.is_contiguous() or not w.numel():
         # A fused reduction (no squared temporary); dtype= accumulates half precision in float32.
         return torch.linalg.vector_norm(w, dim=axes, keepdim=True, dtype=dtype)
     # On the CPU, work in cache-sized blocks of the first dim: torch reduces over leading dims
     # (the ConvTranspose layout) some 15x slower than over trailing ones, and dtype= converts a
     # half-precision tensor to float32 whole before reducing it.
     rows = w.reshape(math.prod(w.shape[: max(lead, 1)]), *w.shape[max(lead, 1) :])
-    block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * w.element_size() or 1))
+    block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * w.element_size()))
     if lead == 0:  # nodes lie in blocks of the first dim: reduce each block on its own
         if w.dtype == dtype:
             return torch.linalg.vector_norm(w, dim=axes, keepdim=True)

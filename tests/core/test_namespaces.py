@@ -67,6 +67,15 @@ def test_torch_zero_ball(dtype):
     assert torch.equal(tensor, torch.zeros_like(tensor))
 
 
+@pytest.mark.parametrize(
+    "shape, axis", [((0, 3), 0), ((3, 0), 0), ((0, 2, 2), (0, 2)), ((2, 0), 1)]
+)
+def test_torch_empty(shape, axis):
+    tensor = torch.zeros(shape)
+    assert wc.max_norm(tensor, 1.0, axis, out=tensor).shape == shape
+    assert wc.unit_norm(tensor, axis).shape == shape
+
+
 def test_torch_float16_entries_up_to_65504():
     w = torch.full((4, 3), 65504.0, dtype=torch.float16)
     assert torch.equal(wc.unit_norm(w), torch.full((4, 3), 0.5, dtype=torch.float16))
