@@ -110,6 +110,11 @@ def _bind(constraint: Any, dims: Axis, tensor: torch.Tensor) -> tuple[wc.Constra
     axes = normalize_axes(dims, tuple(tensor.shape))
     if isinstance(resolved, wc.NonNeg):
         return resolved, axes
+    if resolved.axis != 0 and normalize_axes(resolved.axis, tuple(tensor.shape)) != axes:
+        raise ValueError(
+            f"{resolved!r} has an explicit axis that differs from dims={dims!r}; "
+            "leave the constraint's axis at its default and pass dims only"
+        )
     return dataclasses.replace(resolved, axis=axes), axes
 
 
@@ -146,7 +151,8 @@ def project_(tensor: torch.Tensor, constraint: Any, dims: Axis) -> torch.Tensor:
     """Project ``tensor`` in place onto ``constraint`` with one norm per index of the other dims.
 
     Runs under ``torch.no_grad()`` on the tensor's own device and dtype, without host
-    synchronisation. ``dims`` replaces the constraint's ``axis`` (ignored by ``NonNeg``).
+    synchronisation. The norms are taken over ``dims``; the constraint's ``axis`` must be left
+    at its default (or name the same dims), so that no axis is silently replaced.
     Distributed tensors (``DTensor``, e.g. FSDP2 parameters) stay sharded and the constraint
     holds on the full tensor.
 
@@ -321,14 +327,6 @@ def _tensor_entry(tensor: torch.Tensor, constraint: Any, dims: Any, name: str) -
                 "taken over (torch's dim; e.g. dims=1 for a Linear weight)"
             )
         dims = None
-    axis = getattr(resolved, "axis", 0)
-    if axis != 0 and normalize_axes(axis, tuple(tensor.shape)) != normalize_axes(
-        dims, tuple(tensor.shape)
-    ):
-        raise ValueError(
-            f"{resolved!r} has an explicit axis that differs from dims={dims!r}; "
-            "leave the constraint's axis at its default and pass dims only"
-        )
     bound, axes = _bind(resolved, dims, tensor)
     return Entry(name, tensor, bound, axes)
 

@@ -172,6 +172,18 @@ def test_parity_with_the_core_on_the_keras_layout(make, name, role, constraint):
 # -- project_ and node_norms --------------------------------------------------------------------
 
 
+def test_project_refuses_an_axis_that_differs_from_dims():
+    w = torch.randn(4, 3, 2)
+    before = w.clone()
+    with pytest.raises(ValueError, match=r"explicit axis that differs from dims=1"):
+        project_(w, wc.MaxNorm(0.1, axis=(1, 2)), dims=1)
+    assert torch.equal(w, before)
+    project_(w, wc.MaxNorm(0.1, axis=-2), dims=1)  # the same dim: fine
+    assert node_norms(w, 1).max() <= 0.1 + 1e-7
+    project_(w, wc.MaxNorm(0.05), dims=(0, 2))  # the default axis=0 means "per node": dims decide
+    assert node_norms(w, (0, 2)).max() <= 0.05 + 1e-7
+
+
 def test_project_in_place_returns_the_tensor():
     w = nn.Parameter(torch.randn(5, 4) * 3)
     pointer = w.data_ptr()
