@@ -88,10 +88,18 @@ class _CoreBacked(keras.constraints.Constraint):
         return repr(self._core)
 
     def __getattr__(self, name: str) -> Any:
-        # max_value, axis, ... read through to the core object (read-only)
+        # max_value, axis, ... read through to the core object
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._core, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_"):
+            raise AttributeError(
+                f"{type(self).__name__} is immutable; create a new constraint instead of "
+                f"setting {name}"
+            )
+        super().__setattr__(name, value)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

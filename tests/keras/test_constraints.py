@@ -51,6 +51,9 @@ def test_attributes_configs_and_repr():
     assert repr(constraint) == "MinMaxNorm(min_value=0.5, max_value=2.0, rate=0.3, axis=(0, 1))"
     assert wk.MinMaxNorm.from_config(constraint.get_config()) == constraint
     assert constraint.core == wc.MinMaxNorm(0.5, 2, 0.3, axis=(0, 1))
+    with pytest.raises(AttributeError, match="immutable"):
+        constraint.max_value = 3.0
+    assert constraint.max_value == 2.0
 
 
 @pytest.mark.parametrize(
