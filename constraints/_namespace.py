@@ -125,14 +125,15 @@ def multiply(w: Any, factor: Any, out: Any, xp: Any) -> Any:
     ``factor`` may have a wider dtype (float32 for half-precision ``w``): the product is formed
     in that dtype and rounded once, except for bfloat16 torch tensors on the CPU (see below).
     """
-    if kind(xp) == "torch" and w.device.type == "cpu" and w.dtype == xp.bfloat16:
+    family = kind(xp)
+    if family == "torch" and w.device.type == "cpu" and w.dtype == xp.bfloat16:
         # Mixed-dtype products run some 40x slower on the CPU: scale bfloat16 weights in
         # bfloat16 (the factor is rounded once more; it is exactly 1 for nodes that stay as
         # they are). Not float16: its narrow range would flush small factors to subnormals.
         factor = factor.to(w.dtype)
     if out is None:
         return astype(w * factor, dtype_name(w), xp)
-    if kind(xp) == "torch":
+    if family == "torch":
         return _torch_multiply_into(w, factor, out, xp)
     return xp.multiply(w, factor, out=out)
 

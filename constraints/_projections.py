@@ -104,10 +104,13 @@ def max_norm(
     c = check_value("max_value", max_value)
     if c == 0:  # the ball is the origin: every node goes to zero, however small
         return _rescale(w, axis, lambda n, acc, xp: xp.zeros_like(n), out, xp)
-    # Exactly 1 inside the ball (and for a NaN norm); c / n outside, where n > c > 0.
-    return _rescale(
-        w, axis, lambda n, acc, xp: xp.where(n > c, c / xp.where(n > c, n, 1.0), 1.0), out, xp
-    )
+
+    def factor(n: Any, acc: str, xp: Any) -> Any:
+        # Exactly 1 inside the ball (and for a NaN norm); c / n outside, where n > c > 0.
+        outside = n > c
+        return xp.where(outside, c / xp.where(outside, n, 1.0), 1.0)
+
+    return _rescale(w, axis, factor, out, xp)
 
 
 def unit_norm(w: Any, axis: Axis = 0, *, out: Any = None, xp: Any = None) -> Any:
