@@ -13,7 +13,9 @@ Axis = int | Sequence[int] | None
 
 def check_value(name: str, value: object) -> float:
     """Return ``value`` as a float; raise ValueError unless it is a finite, non-negative number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (
+        isinstance(value, bool) or not isinstance(value, numbers.Real)
+    ):
         raise ValueError(f"{name} must be a real number, got {value!r}")
     number = float(value)
     if not math.isfinite(number) or number < 0:

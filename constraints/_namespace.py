@@ -109,6 +109,8 @@ def check_out(out: Any, w: Any, xp: Any) -> None:
     family = kind(xp)
     if family not in ("numpy", "torch"):
         raise TypeError(f"out= needs NumPy arrays or torch tensors; got the namespace {xp!r}")
+    if out is w:
+        return
     array_type = np.ndarray if family == "numpy" else sys.modules["torch"].Tensor
     if not isinstance(out, array_type):
         raise TypeError(f"out must be a {array_type.__name__} like w, got {type(out).__name__}")
@@ -143,15 +145,18 @@ def _torch_multiply_into(w: Any, factor: Any, out: Any, torch: Any) -> Any:
     dims (the ConvTranspose layout ``(in, out, *k)``), torch's CPU kernel runs short inner loops;
     the factor is expanded over the trailing dims (a tensor the size of one leading slice) so
     the product runs over long rows."""
-    lead = next(i for i, n in enumerate(factor.shape) if n != 1) if factor.numel() > 1 else 0
-    inner = factor.shape[-1] == 1 and w.shape[-1] != 1
     if (
-        w.device.type != "cpu"
-        or lead == 0
-        or not inner
+        factor.ndim < 2
+        or factor.shape[0] != 1  # no leading broadcast
+        or factor.shape[-1] != 1  # or no trailing one
+        or factor.numel() == 1
+        or w.shape[-1] == 1
+        or w.device.type != "cpu"
         or not (w.is_contiguous() and out.is_contiguous())
+        or torch.compiler.is_compiling()
     ):
         return torch.mul(w, factor, out=out)
+    lead = next(i for i, n in enumerate(factor.shape) if n != 1)
     row = factor.expand(factor.shape[:lead] + w.shape[lead:]).reshape(1, -1)
     torch.mul(w.view(-1, row.shape[1]), row, out=out.view(-1, row.shape[1]))
     return out

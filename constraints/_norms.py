@@ -33,21 +33,38 @@ _BLOCK_BYTES = 1 << 22
 
 def _torch_norms(w: Any, axes: tuple[int, ...], acc: str, torch: Any) -> Any:
     dtype = getattr(torch, acc)
-    lead = next(i for i in range(w.ndim + 1) if i not in axes)  # leading reduced dims
-    if w.device.type != "cpu" or lead == w.ndim or not w.is_contiguous() or not w.numel():
+    lead = 0  # the first dim not reduced over
+    while lead in axes:
+        lead += 1
+    if lead == 0 and w.dtype == dtype:  # no leading dim reduced, nothing to convert
+        return torch.linalg.vector_norm(w, dim=axes, keepdim=True)
+    if (
+        w.device.type != "cpu"
+        or lead == w.ndim
+        or not w.is_contiguous()
+        or not w.numel()
+        or torch.compiler.is_compiling()  # the compiler fuses the reduction itself
+    ):
         # A fused reduction (no squared temporary); dtype= accumulates half precision in float32.
         return torch.linalg.vector_norm(w, dim=axes, keepdim=True, dtype=dtype)
     # On the CPU, work in cache-sized blocks of the first dim: torch reduces over leading dims
     # (the ConvTranspose layout) some 15x slower than over trailing ones, and dtype= converts a
-    # half-precision tensor to float32 whole before reducing it.
+    # half-precision tensor to float32 whole before reducing it. Half-precision blocks are
+    # converted into one reused float32 buffer (a fresh allocation per block costs page faults).
     rows = w.reshape(math.prod(w.shape[: max(lead, 1)]), *w.shape[max(lead, 1) :])
-    block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * w.element_size()))
-    if lead == 0:  # nodes lie in blocks of the first dim: reduce each block on its own
-        if w.dtype == dtype:
-            return torch.linalg.vector_norm(w, dim=axes, keepdim=True)
-        parts = [
-            torch.linalg.vector_norm(c.to(dtype), dim=axes, keepdim=True) for c in w.split(block)
-        ]
+    itemsize = max(w.element_size(), torch.finfo(dtype).bits // 8)
+    block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * itemsize))
+    buffer = None
+    if w.dtype != dtype:
+        buffer = torch.empty((min(block, len(rows)), *rows.shape[1:]), dtype=dtype)
+
+    def wide(chunk: Any) -> Any:
+        if buffer is None:
+            return chunk
+        return buffer[: len(chunk)].copy_(chunk)
+
+    if lead == 0:  # nodes lie in blocks of the first dim: reduce block by block
+        parts = [torch.linalg.vector_norm(wide(c), dim=axes, keepdim=True) for c in w.split(block)]
         return torch.cat(parts)
     # Leading dims reduced: add up, block by block, the squared norms over the trailing reduced
     # dims (a fast reduction) or the squares themselves when no trailing dim is reduced.
@@ -55,7 +72,7 @@ def _torch_norms(w: Any, axes: tuple[int, ...], acc: str, torch: Any) -> Any:
     trailing = tuple(a - lead + 1 for a in suffix)  # their dims in rows
     squares = None
     for chunk in rows.split(block):
-        chunk = chunk.to(dtype)
+        chunk = wide(chunk)
         if trailing:
             chunk = torch.linalg.vector_norm(chunk, dim=trailing, keepdim=True)
         part = (chunk * chunk).sum(0)

@@ -108,7 +108,7 @@ def max_norm(
     def factor(n: Any, acc: str, xp: Any) -> Any:
         # Exactly 1 inside the ball (and for a NaN norm); c / n outside, where n > c > 0.
         outside = n > c
-        return xp.where(outside, c / xp.where(outside, n, 1.0), 1.0)
+        return xp.where(outside, xp.divide(c, xp.where(outside, n, 1.0)), 1.0)
 
     return _rescale(w, axis, factor, out, xp)
 
