@@ -56,7 +56,7 @@ def _torch_norms(w: Any, axes: tuple[int, ...], acc: str, torch: Any) -> Any:
     block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * itemsize))
     buffer = None
     if w.dtype != dtype:
-        buffer = torch.empty((min(block, len(rows)), *rows.shape[1:]), dtype=dtype)
+        buffer = torch.empty((min(block, len(rows)), *rows.shape[1:]), dtype=dtype, device="cpu")
 
     def wide(chunk: Any) -> Any:
         if buffer is None:

@@ -145,3 +145,15 @@ def test_torch_cpu_blocked_paths_match_numpy(shape, axis, dtype):
     eps = torch.finfo(TORCH_DTYPES[dtype]).eps
     np.testing.assert_allclose(projected.double().numpy(), expected, rtol=2 * eps, atol=2 * eps)
     assert float(wc.node_norms(projected, axis).max()) <= 1 + 2 * eps
+
+
+@pytest.mark.parametrize("shape, axis", [((5000, 300), 1), ((700, 300, 3, 3), (0, 2, 3))])
+def test_torch_cpu_blocked_paths_ignore_the_default_device(shape, axis):
+    # The float32 buffer of the half-precision blocks is made on the CPU, next to the weights,
+    # even when the user changed torch's default device.
+    tensor = torch.randn(shape).to(torch.bfloat16)
+    expected = wc.max_norm(tensor.clone(), 1.0, axis)
+    with torch.device("meta"):
+        projected = wc.max_norm(tensor, 1.0, axis, out=tensor)
+    assert projected.device.type == "cpu"
+    assert torch.equal(projected, expected)
