@@ -506,7 +506,7 @@ SECTION_NOTES = {
     "scaling": (
         "`max_norm` in place on float32 weights shaped (n / 1000, 1000), axis 1 (NumPy; "
         "PyTorch with `dims=1`), against the scaling pass alone. Below about 1e5 weights the "
-        "fixed cost of a call (about 20 µs in NumPy, 35 µs in PyTorch: validation and a few "
+        "fixed cost of a call (about 15 µs in NumPy, 20–25 µs in PyTorch: validation and a few "
         "small operations on the norms) dominates; from 1e6 weights on the cost grows linearly, "
         "with a step where the weights stop fitting in the cache."
     ),
