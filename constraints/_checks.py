@@ -11,6 +11,36 @@ Axis = int | Sequence[int] | None
 """The axis or axes a norm is taken over: an int, a sequence of ints, or None for all axes."""
 
 
+class _DefaultAxis(int):
+    """The default ``axis=0`` of a constraint object, told apart from an explicit ``0``.
+
+    It is the int 0 in every computation, comparison, repr and config; only ``is`` tells it from
+    an explicit ``0``. The adapters read it as "not given" (the layer's per-node axes apply),
+    while an explicit axis is honoured or rejected, never replaced (see ``is_default_axis``).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "0"
+
+    def __reduce__(self) -> tuple:  # copies and pickles stay the default
+        return (_default_axis, ())
+
+
+def _default_axis() -> _DefaultAxis:
+    return DEFAULT_AXIS
+
+
+DEFAULT_AXIS: int = _DefaultAxis(0)
+"""The default axis of the constraint objects: ``0``, but distinguishable from an explicit 0."""
+
+
+def is_default_axis(axis: object) -> bool:
+    """Whether ``axis`` is the default of a constraint object (not an axis the user gave)."""
+    return axis is DEFAULT_AXIS
+
+
 def check_value(name: str, value: object) -> float:
     """Return ``value`` as a float; raise ValueError unless it is a finite, non-negative number."""
     if type(value) is not float and (
@@ -42,28 +72,40 @@ def check_rate(rate: object) -> float:
     return number
 
 
+def _axis_error(original: object) -> ValueError:
+    return ValueError(f"axis must be an int, a sequence of ints or None, got {original!r}")
+
+
 def _as_int(axis: object, original: object) -> int:
-    if isinstance(axis, bool):
-        raise ValueError(f"axis must be an int, a sequence of ints or None, got {original!r}")
+    if isinstance(axis, bool) or str(getattr(axis, "dtype", "")).endswith("bool"):
+        raise _axis_error(original)
     try:
-        return operator.index(axis)
+        return int(operator.index(axis))
     except TypeError:
-        raise ValueError(
-            f"axis must be an int, a sequence of ints or None, got {original!r}"
-        ) from None
+        raise _axis_error(original) from None
 
 
 def check_axis(axis: object) -> int | tuple[int, ...] | None:
     """Normalise an axis specification without knowing the array: int, tuple of ints or None.
 
-    Lists become tuples (so constraints stay hashable) and a single axis becomes an int, so
-    ``axis=[0]``, ``(0,)`` and ``0`` are the same constraint. Repeated axes are rejected when they
-    are spelled the same way (``(0, 0)``); ``(0, -2)`` on a 2-d array is caught at call time.
+    Any sequence of ints (lists, tuples, ``range``, 1-d NumPy integer arrays) becomes a tuple (so
+    constraints stay hashable) and a single axis becomes an int, so ``axis=[0]``, ``(0,)`` and
+    ``0`` are the same constraint. Repeated axes are rejected when they are spelled the same way
+    (``(0, 0)``); ``(0, -2)`` on a 2-d array is caught at call time. ``DEFAULT_AXIS`` is kept as
+    it is, so the adapters can tell it from an explicit ``0``.
     """
-    if axis is None:
-        return None
-    if isinstance(axis, (list, tuple)):
-        axes = tuple(_as_int(a, axis) for a in axis)
+    if axis is None or axis is DEFAULT_AXIS:
+        return axis
+    if isinstance(axis, (str, bytes)):
+        raise _axis_error(axis)
+    if getattr(axis, "ndim", None) == 0:  # a 0-d array or tensor holding one axis
+        return _as_int(axis, axis)
+    if isinstance(axis, Sequence) or hasattr(axis, "__array__") or hasattr(axis, "ndim"):
+        try:
+            items = list(axis)
+        except TypeError:
+            raise _axis_error(axis) from None
+        axes = tuple(_as_int(a, axis) for a in items)
         if len(set(axes)) != len(axes):
             raise ValueError(f"axis contains a repeated axis: {axis!r}")
         return axes[0] if len(axes) == 1 else axes

@@ -6,7 +6,7 @@ import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from ._checks import Axis, check_axis, check_bounds, check_rate, check_value
+from ._checks import DEFAULT_AXIS, Axis, check_axis, check_bounds, check_rate, check_value
 from ._projections import max_norm, min_max_norm, non_neg, unit_norm
 
 
@@ -24,12 +24,21 @@ class Constraint:
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable (axis tuples become lists)."""
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        return {key: _plain(value) for key, value in asdict(self).items()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Constraint:
         """Rebuild the constraint from the output of :meth:`get_config`."""
         return cls(**config)
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain JSON data: axis tuples become lists, the default axis a plain 0."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class MaxNorm(Constraint):
     """
 
     max_value: float = 2
-    axis: Axis = 0
+    axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "max_norm"
 
@@ -73,7 +82,7 @@ class UnitNorm(Constraint):
         array([[0.6, 0.8]])
     """
 
-    axis: Axis = 0
+    axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "unit_norm"
 
@@ -99,7 +108,7 @@ class MinMaxNorm(Constraint):
     min_value: float = 0.0
     max_value: float = 1.0
     rate: float = 1.0
-    axis: Axis = 0
+    axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "min_max_norm"
 
