@@ -41,13 +41,34 @@ def is_default_axis(axis: object) -> bool:
     return axis is DEFAULT_AXIS
 
 
+def _real(value: object) -> float | None:
+    """``value`` as a float when it is a real number (not a bool) or a 0-d real array or tensor
+    (as ``torch.renorm`` takes its ``maxnorm``); None otherwise."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "dtype"):
+        dtype = str(value.dtype)  # "float32", "torch.int64", "bfloat16", ...
+        if "float" not in dtype and "int" not in dtype:
+            return None
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def check_value(name: str, value: object) -> float:
-    """Return ``value`` as a float; raise ValueError unless it is a finite, non-negative number."""
-    if type(value) is not float and (
-        isinstance(value, bool) or not isinstance(value, numbers.Real)
-    ):
+    """Return ``value`` as a float; raise ValueError unless it is a finite, non-negative number.
+
+    Python and NumPy real numbers are accepted, and so are 0-d real arrays and tensors.
+    """
+    number = _real(value)
+    if number is None:
         raise ValueError(f"{name} must be a real number, got {value!r}")
-    number = float(value)
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
     return number

@@ -59,11 +59,44 @@ def namespace(w: Any, xp: ModuleType | None = None) -> tuple[Any, Any]:
             xp = sys.modules["jax.numpy"]
         else:
             xp = np
-    if xp is np:
+    family = kind(xp)
+    if family == "numpy":
         w = np.asarray(w)
-    elif kind(xp) == "keras":
+    elif family == "keras":
+        check_namespace(xp, _KERAS_FUNCTIONS)
         w = xp.convert_to_tensor(w)  # a variable's value; NumPy input becomes a backend tensor
+    elif family == "torch":
+        if not is_torch_tensor(w):
+            raise TypeError(f"xp=torch needs a torch.Tensor, got {_type_name(w)}")
+    else:
+        check_namespace(xp)
+        if not (hasattr(w, "shape") and hasattr(w, "dtype")):
+            raise TypeError(f"xp={_name(xp)} needs an array of that namespace, got {_type_name(w)}")
     return w, xp
+
+
+_FUNCTIONS = ("abs", "clip", "divide", "isnan", "sqrt", "sum", "where")
+_GENERIC_FUNCTIONS = (*_FUNCTIONS, "astype")
+_KERAS_FUNCTIONS = (*_FUNCTIONS, "cast", "convert_to_tensor")
+
+
+def check_namespace(xp: Any, functions: tuple[str, ...] = _GENERIC_FUNCTIONS) -> None:
+    """Raise a TypeError unless ``xp`` has the functions the projections use."""
+    missing = [name for name in functions if not hasattr(xp, name)]
+    if missing:
+        raise TypeError(
+            "xp must be an array namespace such as numpy, torch, keras.ops or jax.numpy, "
+            f"got {xp!r} (it has no {', '.join(missing)})"
+        )
+
+
+def _name(xp: Any) -> str:
+    return getattr(xp, "__name__", repr(xp))
+
+
+def _type_name(w: Any) -> str:
+    cls = type(w)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def dtype_name(w: Any) -> str:
@@ -170,3 +203,11 @@ def zero_negatives(w: Any, out: Any, xp: Any) -> Any:
     if family == "torch":
         return xp.clamp(w, min=0.0) if out is None else xp.clamp(w, min=0.0, out=out)
     return astype(xp.where(w < 0, 0.0, w), dtype_name(w), xp)
+
+
+def copy(w: Any, out: Any, xp: Any) -> Any:
+    """Copy ``w`` into ``out`` (a checked NumPy array or torch tensor) and return ``out``."""
+    if kind(xp) == "numpy":
+        np.copyto(out, w)
+        return out
+    return out.copy_(w)

@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 from ._checks import DEFAULT_AXIS, Axis, check_axis, check_bounds, check_rate, check_value
-from ._projections import max_norm, min_max_norm, non_neg, unit_norm
+from ._projections import copy_into, max_norm, min_max_norm, non_neg, unit_norm
 
 
 class Constraint:
-    """Base class: a validated, immutable, callable per-node constraint.
+    """Base class of the constraints, with the interface of ``keras.constraints.Constraint``.
 
-    Subclasses are frozen dataclasses; ``get_config()`` returns their fields and
-    ``from_config(config)`` rebuilds an equal object, as in Keras.
+    The base class itself is the identity: ``Constraint()(w)`` returns ``w`` and its config is
+    ``{}``. The built-in constraints are frozen dataclasses: validated, immutable, hashable, and
+    ``get_config()`` returns their fields. A plain subclass overrides ``__call__`` (and
+    ``get_config`` when its constructor takes arguments); ``from_config(config)`` calls
+    ``cls(**config)``, as in Keras.
+
+    Example:
+        >>> import numpy as np
+        >>> from weight_constraints import Constraint
+        >>> class Clip(Constraint):
+        ...     def __init__(self, limit=1.0):
+        ...         self.limit = limit
+        ...
+        ...     def __call__(self, w, *, out=None, xp=None):
+        ...         return np.clip(w, -self.limit, self.limit, out=out)
+        ...
+        ...     def get_config(self):
+        ...         return {"limit": self.limit}
+        >>> Clip.from_config(Clip(0.5).get_config())(np.array([-2.0, 0.25]))
+        array([-0.5 ,  0.25])
     """
 
     name: ClassVar[str]
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        raise NotImplementedError
+        """Return ``w`` unchanged (written into ``out`` when it is given and is not ``w``)."""
+        if out is None or out is w:
+            return w
+        return copy_into(w, out, xp)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable (axis tuples become lists)."""
-        return {key: _plain(value) for key, value in asdict(self).items()}
+        if not is_dataclass(self):
+            return {}
+        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Constraint:
@@ -155,14 +178,16 @@ def get(identifier: Any) -> Constraint | None:
     Args:
         identifier: ``"max_norm"`` or ``"MaxNorm"`` (default parameters), a config dict
             ``{"class_name": "MaxNorm", "config": {"max_value": 3}}`` as Keras writes it, a
-            constraint class or instance, or ``None``.
+            constraint class or instance, one of the Keras constraints of
+            ``weight_constraints.adapters.keras`` (its core object), or ``None``.
 
     Returns:
         A constraint object, or ``None`` for ``None``.
 
     Raises:
-        ValueError: The name is unknown (the message lists the known names) or the config is
-            malformed.
+        ValueError: The name is unknown (the message lists the known names), or the config is
+            malformed: not a dict, an unknown key, a ``class_name`` that is not a string, or a
+            parameter the constraint rejects.
 
     Example:
         >>> from weight_constraints import get
@@ -173,15 +198,49 @@ def get(identifier: Any) -> Constraint | None:
     """
     if identifier is None or isinstance(identifier, Constraint):
         return identifier
+    if isinstance(getattr(identifier, "core", None), Constraint):  # our Keras constraints
+        return identifier.core
     if inspect.isclass(identifier) and issubclass(identifier, Constraint):
         return identifier()
     if isinstance(identifier, str):
         return _lookup(identifier)()
     if isinstance(identifier, dict):
-        if "class_name" not in identifier:
-            raise ValueError(f"a constraint config needs a 'class_name' key, got {identifier!r}")
-        return _lookup(identifier["class_name"]).from_config(identifier.get("config") or {})
+        cls, config = _parse_config(identifier)
+        return cls.from_config(config)
     raise ValueError(f"cannot interpret {identifier!r} as a constraint")
+
+
+# The keys of the dicts keras.saving.serialize_keras_object writes.
+_CONFIG_KEYS = ("module", "class_name", "config", "registered_name")
+
+
+def _parse_config(identifier: dict) -> tuple[type[Constraint], dict[str, Any]]:
+    """The class and constructor arguments of a config dict; ValueError if it is malformed."""
+    unknown = [key for key in identifier if key not in _CONFIG_KEYS]
+    if unknown:
+        raise ValueError(
+            f"a constraint config has the keys {', '.join(map(repr, _CONFIG_KEYS))}; "
+            f"got unknown key(s) {', '.join(map(repr, unknown))} in {identifier!r}"
+        )
+    if "class_name" not in identifier:
+        raise ValueError(f"a constraint config needs a 'class_name' key, got {identifier!r}")
+    name = identifier["class_name"]
+    if not isinstance(name, str):
+        raise ValueError(f"a constraint config's 'class_name' must be a string, got {name!r}")
+    cls = _lookup(name)
+    config = identifier.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(f"the 'config' of a {name} must be a dict, got {config!r}")
+    allowed = [field.name for field in fields(cls)]  # type: ignore[arg-type]
+    unknown = [key for key in config if key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in the config of a {name}; "
+            f"it takes {', '.join(map(repr, allowed)) or 'no arguments'}"
+        )
+    return cls, config
 
 
 def _lookup(name: str) -> type[Constraint]:

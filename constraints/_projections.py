@@ -16,6 +16,7 @@ from ._checks import Axis, check_bounds, check_rate, check_value, normalize_axes
 from ._namespace import (
     accumulation_dtype,
     check_out,
+    copy,
     float_dtype,
     multiply,
     namespace,
@@ -102,8 +103,11 @@ def max_norm(
         array([0.6, 0.8])
     """
     c = check_value("max_value", max_value)
-    if c == 0:  # the ball is the origin: every node goes to zero, however small
-        return _rescale(w, axis, lambda n, acc, xp: xp.zeros_like(n), out, xp)
+    if c == 0:  # the ball is the origin: every node goes to zero, however small, but a node
+        # whose norm is NaN keeps its values, as with any other max_value.
+        return _rescale(
+            w, axis, lambda n, acc, xp: xp.where(xp.isnan(n), 1.0, xp.zeros_like(n)), out, xp
+        )
 
     def factor(n: Any, acc: str, xp: Any) -> Any:
         # Exactly 1 inside the ball (and for a NaN norm); c / n outside, where n > c > 0.
@@ -227,3 +231,10 @@ def non_neg(w: Any, *, out: Any = None, xp: Any = None) -> Any:
     float_dtype(w)
     check_out(out, w, xp)
     return zero_negatives(w, out, xp)
+
+
+def copy_into(w: Any, out: Any, xp: Any = None) -> Any:
+    """Copy ``w`` into ``out`` (NumPy and torch), after the checks of the projections' ``out``."""
+    w, xp = namespace(w, xp)
+    check_out(out, w, xp)
+    return copy(w, out, xp)
