@@ -1,0 +1,283 @@
+"""The batched projection plans of the PyTorch adapter: the core's results, bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import weight_constraints as wc
+import weight_constraints.adapters._torch_plan as tp
+from tests.doctests import run_doctests
+from weight_constraints.adapters._torch_plan import Plan
+
+NORM_CONSTRAINTS = [
+    wc.MaxNorm(1.0),
+    wc.MaxNorm(0.0),
+    wc.UnitNorm(),
+    wc.MinMaxNorm(0.5, 1.5),
+    wc.MinMaxNorm(0.5, 1.5, rate=0.3),
+]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# (shape, dims, view, the step that projects a group of such tensors on the CPU)
+LAYOUTS = [
+    ((8, 6), (1,), None, "_Stack"),  # Linear weights
+    ((5, 4, 3, 3), (1, 2, 3), None, "_Stack"),  # Conv2d weights
+    ((7,), (0,), None, "_Stack"),  # biases
+    ((4, 6, 3), (1, 3), (2, 2, 6, 3), "_Stack"),  # ConvTranspose1d(4, 12, 3, groups=2)
+    ((200, 100), (1,), None, "_Norms"),  # larger than STACK_MAX_BYTES
+    ((6, 5), (0,), None, "_Core"),  # the core's blocked CPU reduction over leading dims
+    ((4, 6, 3), (0, 2), None, "_Core"),  # ConvTranspose1d(4, 6, 3)
+    ((5, 7), (), None, "_Core"),  # every entry its own node
+]
+
+
+def bound(constraint, dims):
+    return dataclasses.replace(constraint, axis=dims)
+
+
+def weights(shape, dtype, count=4, seed=0):
+    """Random tensors with nodes inside and outside the sets, a zero tensor, zero nodes."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [
+        (torch.randn(shape, generator=generator) * scale).to(dtype)
+        for scale in (0.05, 0.7, 3.0, 40.0)[:count]
+    ]
+    tensors[0].zero_()
+    tensors[1].view(-1)[: max(1, tensors[1].numel() // 3)] = 0.0
+    return tensors
+
+
+def core(tensors, views, constraint, dims):
+    """The per-tensor core path: ``constraint(t, out=t)`` on copies."""
+    copies = [t.detach().clone() for t in tensors]
+    for t, view in zip(copies, views, strict=True):
+        target = t if view is None else t.view(view)
+        constraint(target, out=target)
+    return copies
+
+
+def assert_same_bits(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
+        assert a.dtype == e.dtype and a.shape == e.shape
+        assert torch.equal(a.isnan(), e.isnan())
+        assert torch.equal(a.nan_to_num(7.0), e.nan_to_num(7.0))
+
+
+def step_names(plan):
+    return sorted(type(step).__name__ for step in plan._steps)
+
+
+def test_docstring_examples():
+    run_doctests("weight_constraints.adapters._torch_plan")
+
+
+@pytest.mark.parametrize("keeps_buffer", [True, False])  # False: as on a GPU
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("constraint", NORM_CONSTRAINTS, ids=repr)
+@pytest.mark.parametrize(("shape", "dims", "view", "step"), LAYOUTS)
+def test_equals_the_core_bit_for_bit(
+    shape, dims, view, step, constraint, dtype, keeps_buffer, monkeypatch
+):
+    monkeypatch.setattr(tp, "_keeps_buffer", lambda device: keeps_buffer)
+    tensors = weights(shape, dtype)
+    views = [view] * len(tensors)
+    c = bound(constraint, dims)
+    expected = core(tensors, views, c, dims)
+    plan = Plan([(t, view, c, dims) for t in tensors])
+    assert step_names(plan) == [step]
+    plan()
+    assert_same_bits(tensors, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("constraint", NORM_CONSTRAINTS, ids=repr)
+def test_a_nan_stays_in_its_node_and_its_tensor(constraint, dtype):
+    for shape, dims, view, _ in LAYOUTS[:5]:
+        tensors = weights(shape, dtype)
+        tensors[2].view(view or shape)[(0,) * len(view or shape)] = float("nan")
+        c = bound(constraint, dims)
+        expected = core(tensors, [view] * 4, c, dims)
+        clean = core(
+            [t.nan_to_num(0.0) if i == 2 else t for i, t in enumerate(tensors)], [view] * 4, c, dims
+        )
+        Plan([(t, view, c, dims) for t in tensors])()
+        assert_same_bits(tensors, expected)
+        assert_same_bits([tensors[i] for i in (0, 1, 3)], [clean[i] for i in (0, 1, 3)])
+        assert tensors[2].isnan().sum() == 1
+
+
+@pytest.mark.parametrize("constraint", [wc.MaxNorm(1.0), wc.MinMaxNorm(0.0, 1.0)], ids=repr)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("shape", "dims", "view", "step"), LAYOUTS[:5])
+def test_nodes_inside_the_set_come_back_bit_for_bit(shape, dims, view, step, dtype, constraint):
+    tensors = weights(shape, dtype)
+    c = bound(constraint, dims)
+    Plan([(t, view, c, dims) for t in tensors])()
+    for t in tensors:
+        t.mul_(0.5)  # now every node is well inside the ball
+    before = [t.clone() for t in tensors]
+    Plan([(t, view, c, dims) for t in tensors])()
+    for t, b in zip(tensors, before, strict=True):
+        assert torch.equal(t.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_mixed_registry_one_step_per_group():
+    linears = [torch.nn.Linear(6, 8) for _ in range(3)]
+    big = torch.nn.Linear(100, 200)
+    items = [(m.weight, None, bound(wc.MaxNorm(1.0), (1,)), (1,)) for m in (*linears, big)]
+    items += [(m.bias, None, wc.NonNeg(), ()) for m in linears]
+    items += [(big.bias, None, bound(wc.MaxNorm(1.0), (0,)), (0,))]
+    expected = [core([t], [v], c, d)[0] for t, v, c, d in items]
+    plan = Plan(items)
+    # three Linear weights stacked; the large one and the lone bias (other shape and dims, same
+    # factor) in one group by norms; the three biases clamped at once
+    assert step_names(plan) == ["_EntryWise", "_Norms", "_Stack"]
+    assert len(plan) == len(items)
+    plan()
+    assert_same_bits([item[0] for item in items], expected)
+
+
+def test_non_contiguous_tensors():
+    base = [torch.randn(6, 8) * 3 for _ in range(3)]
+    tensors = [b.t() for b in base]  # (8, 6), not contiguous
+    c = bound(wc.MaxNorm(1.0), (0,))
+    expected = core(tensors, [None] * 3, c, (0,))
+    Plan([(t, None, c, (0,)) for t in tensors])()
+    assert_same_bits(tensors, expected)
+
+
+def test_empty_tensors():
+    tensors = [torch.empty(0, 4), torch.empty(0, 4), torch.empty(3, 0)]
+    c = bound(wc.UnitNorm(), (1,))
+    expected = core(tensors, [None] * 3, c, (1,))
+    Plan([(t, None, c, (1,)) for t in tensors])()
+    assert_same_bits(tensors, expected)
+
+
+def test_non_neg_equals_the_core():
+    tensors = [torch.tensor([-1.0, -0.0, 0.0, float("nan"), 2.0, -3e-40])] * 1
+    tensors += [torch.randn(5, 3, dtype=dtype) for dtype in DTYPES]
+    expected = [wc.non_neg(t.clone()) for t in tensors]
+    plan = Plan([(t, None, wc.NonNeg(), ()) for t in tensors])
+    assert step_names(plan) == ["_EntryWise"] * 4
+    plan()
+    assert_same_bits(tensors, expected)
+    assert torch.equal(tensors[0].signbit(), expected[0].signbit())
+
+
+@pytest.mark.parametrize("count", [2, 40])
+def test_chunks(count, monkeypatch):
+    monkeypatch.setitem(tp.STACK_CHUNK_BYTES, "cpu", 3 * 8 * 6 * 4)  # three (8, 6) float32
+    monkeypatch.setattr(tp, "NORMS_CHUNK_BYTES", 1)  # one tensor per group
+    small = [torch.randn(8, 6) * 2 for _ in range(count)]
+    large = [torch.randn(200, 100) for _ in range(3)]
+    c = bound(wc.MaxNorm(1.0), (1,))
+    expected = core(small + large, [None] * (count + 3), c, (1,))
+    plan = Plan([(t, None, c, (1,)) for t in small + large])
+    assert step_names(plan).count("_Stack") == -(-count // 3)
+    assert step_names(plan).count("_Norms") == 3
+    plan()
+    assert_same_bits(small + large, expected)
+
+
+# -- parameters, gradients, autograd -----------------------------------------------------------
+
+
+def test_parameters_under_autograd():
+    model = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(3)))
+    items = [(m.weight, None, bound(wc.MaxNorm(0.1), (1,)), (1,)) for m in model]
+    expected = core([m.weight.detach() for m in model], [None] * 3, items[0][2], (1,))
+    plan = Plan(items)
+    plan()  # no torch.no_grad() needed around it
+    assert_same_bits([m.weight.detach() for m in model], expected)
+    assert all(m.weight.grad_fn is None and m.weight.requires_grad for m in model)
+    model(torch.randn(2, 6)).sum().backward()  # the graph still works
+
+
+@pytest.mark.parametrize(("shape", "dims"), [((8, 6), (1,)), ((200, 100), (1,)), ((6, 5), (0,))])
+def test_with_grad_only(shape, dims):
+    params = [torch.nn.Parameter(torch.randn(shape) * 5) for _ in range(4)]
+    items = [(p, None, bound(wc.MaxNorm(1.0), dims), dims) for p in params]
+    items.append((torch.nn.Parameter(-torch.ones(3)), None, wc.NonNeg(), ()))
+    tensors = [item[0] for item in items]
+    expected = [core([t.detach()], [None], c, d)[0] for t, _, c, d in items]
+    before = [t.detach().clone() for t in tensors]
+    plan = Plan(items)
+    plan(with_grad_only=True)  # no gradients yet: nothing is projected
+    assert_same_bits([t.detach() for t in tensors], before)
+    for i in (1, 3, 4):
+        tensors[i].grad = torch.zeros_like(tensors[i])
+    plan(with_grad_only=True)  # a partial group
+    assert_same_bits(
+        [t.detach() for t in tensors],
+        [expected[i] if i in (1, 3, 4) else before[i] for i in range(5)],
+    )
+    for t in tensors:
+        t.grad = torch.zeros_like(t)
+    expected = [core([t.detach()], [None], c, d)[0] for t, _, c, d in items]
+    plan(with_grad_only=True)  # the whole group
+    assert_same_bits([t.detach() for t in tensors], expected)
+
+
+def test_no_host_synchronisation(monkeypatch):
+    items = []
+    for shape, dims, view, _ in LAYOUTS:
+        c = bound(wc.MinMaxNorm(0.5, 1.0), dims)
+        items += [(torch.nn.Parameter(t), view, c, dims) for t in weights(shape, torch.bfloat16)]
+    items.append((torch.nn.Parameter(torch.randn(4)), None, wc.NonNeg(), ()))
+    for item in items[::3]:
+        item[0].grad = torch.zeros_like(item[0])
+    plan = Plan(items)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation in the projection")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    plan()
+    plan(with_grad_only=True)
+
+
+# -- rebuilding -----------------------------------------------------------------------------------
+
+
+def test_rebuilt_when_a_tensor_is_replaced_or_converted():
+    model = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(3)))
+    plan = Plan([(m.weight, None, bound(wc.UnitNorm(), (1,)), (1,)) for m in model])
+    new = torch.randn(6, 6) * 4
+    model[1].weight.data = new.clone()
+    assert not plan.is_current()
+    plan()
+    assert plan.is_current()
+    assert_same_bits(
+        [model[1].weight.detach()], core([new], [None], bound(wc.UnitNorm(), (1,)), (1,))
+    )
+    model.to(torch.float64)
+    assert not plan.is_current()
+    plan()
+    norms = torch.linalg.vector_norm(model[0].weight.detach(), dim=1)
+    assert model[0].weight.dtype == torch.float64 and torch.allclose(
+        norms, torch.ones(6, dtype=torch.float64)
+    )
+
+
+def test_a_shape_the_dims_no_longer_fit_raises_and_modifies_nothing():
+    params = [torch.nn.Parameter(torch.randn(6, 6) * 4) for _ in range(3)]
+    plan = Plan([(p, None, bound(wc.MaxNorm(1.0), (1,)), (1,)) for p in params])
+    params[2].data = torch.randn(6) * 4
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="axis"):
+        plan()
+    assert_same_bits([p.detach() for p in params], before)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "dims", "error"),
+    [(torch.ones(3, 2, dtype=torch.int64), (1,), TypeError), (torch.ones(3, 2), (2,), ValueError)],
+)
+def test_bad_items_are_refused(tensor, dims, error):
+    with pytest.raises(error):
+        Plan([(tensor, None, wc.MaxNorm(1.0), dims)])
