@@ -68,6 +68,8 @@ def namespace(w: Any, xp: ModuleType | None = None) -> tuple[Any, Any]:
     elif family == "torch":
         if not is_torch_tensor(w):
             raise TypeError(f"xp=torch needs a torch.Tensor, got {_type_name(w)}")
+        if w.layout is not xp.strided:
+            raise TypeError(f"weights must be a strided (dense) tensor, got layout {w.layout}")
     else:
         check_namespace(xp)
         if not (hasattr(w, "shape") and hasattr(w, "dtype")):
@@ -142,16 +144,56 @@ def check_out(out: Any, w: Any, xp: Any) -> None:
     family = kind(xp)
     if family not in ("numpy", "torch"):
         raise TypeError(f"out= needs NumPy arrays or torch tensors; got the namespace {xp!r}")
-    if out is w:
-        return
-    array_type = np.ndarray if family == "numpy" else sys.modules["torch"].Tensor
-    if not isinstance(out, array_type):
-        raise TypeError(f"out must be a {array_type.__name__} like w, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(w.shape) or dtype_name(out) != dtype_name(w):
+    if out is not w:
+        array_type = np.ndarray if family == "numpy" else sys.modules["torch"].Tensor
+        if not isinstance(out, array_type):
+            raise TypeError(f"out must be a {array_type.__name__} like w, got {type(out).__name__}")
+        if tuple(out.shape) != tuple(w.shape) or dtype_name(out) != dtype_name(w):
+            raise ValueError(
+                f"out must have the shape and dtype of w: w is {tuple(w.shape)} "
+                f"{dtype_name(w)}, out is {tuple(out.shape)} {dtype_name(out)}"
+            )
+    if family == "torch" and not xp.compiler.is_compiling():
+        _check_torch_out(out, w, xp)
+
+
+def _check_torch_out(out: Any, w: Any, torch: Any) -> None:
+    """Refuse a torch ``out`` that cannot be written safely, from metadata only (no sync)."""
+    if out.layout is not torch.strided:
+        raise TypeError(f"out must be a strided (dense) tensor, got layout {out.layout}")
+    if out.device != w.device:
+        raise ValueError(f"out must be on the device of w: w is on {w.device}, out on {out.device}")
+    if out.is_inference() and not torch.is_inference_mode_enabled():
         raise ValueError(
-            f"out must have the shape and dtype of w: w is {tuple(w.shape)} {dtype_name(w)}, "
-            f"out is {tuple(out.shape)} {dtype_name(out)}"
+            "out is an inference tensor (made under torch.inference_mode()): it can only be "
+            "written inside torch.inference_mode(); clone() it outside, or project inside"
         )
+    if any(stride == 0 and size > 1 for stride, size in zip(out.stride(), out.shape, strict=True)):
+        raise ValueError(
+            f"out has entries that share memory (stride 0, e.g. an expanded tensor: shape "
+            f"{tuple(out.shape)}, strides {out.stride()}); clone() it first"
+        )
+    if out is not w and _torch_overlap(out, w):
+        raise ValueError(
+            "out overlaps the memory of w without being laid out as w (a view of w such as a "
+            "transpose or a slice): the projection would read entries it has already written; "
+            "pass out=w or a separate tensor"
+        )
+
+
+def _torch_overlap(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` share memory, other than as the very same layout (then each
+    entry is read before it is written, as with ``out=w``)."""
+    if not a.numel() or not b.numel() or a.device.type == "meta":  # meta tensors: no memory
+        return False
+    same_layout = a.data_ptr() == b.data_ptr() and a.stride() == b.stride()
+    return not same_layout and _span(a)[0] < _span(b)[1] and _span(b)[0] < _span(a)[1]
+
+
+def _span(t: Any) -> tuple[int, int]:
+    """The bytes ``[start, stop)`` that a non-empty strided tensor's entries lie in."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
 def multiply(w: Any, factor: Any, out: Any, xp: Any) -> Any:
@@ -167,7 +209,12 @@ def multiply(w: Any, factor: Any, out: Any, xp: Any) -> Any:
         # they are). Not float16: its narrow range would flush small factors to subnormals.
         factor = factor.to(w.dtype)
     if out is None:
-        return astype(w * factor, dtype_name(w), xp)
+        name = dtype_name(w)
+        if family not in ("numpy", "torch"):
+            # keras.ops on TensorFlow does not promote a half-precision tensor times a float32
+            # one: form the product in the accumulation dtype explicitly, then round once.
+            w = astype(w, accumulation_dtype(name), xp)
+        return astype(w * factor, name, xp)
     if family == "torch":
         return _torch_multiply_into(w, factor, out, xp)
     return xp.multiply(w, factor, out=out)

@@ -157,3 +157,107 @@ def test_torch_cpu_blocked_paths_ignore_the_default_device(shape, axis):
         projected = wc.max_norm(tensor, 1.0, axis, out=tensor)
     assert projected.device.type == "cpu"
     assert torch.equal(projected, expected)
+
+
+# -- out= on torch: refused before anything is written, from metadata only --------------------
+
+OUT_FUNCTIONS = {
+    "max_norm": lambda w, **kw: wc.max_norm(w, 1.0, 1, **kw),
+    "unit_norm": lambda w, **kw: wc.unit_norm(w, 0, **kw),
+    "min_max_norm": lambda w, **kw: wc.min_max_norm(w, 0.5, 1.0, 0.5, None, **kw),
+    "non_neg": lambda w, **kw: wc.non_neg(w, **kw),
+}
+
+
+def square() -> torch.Tensor:
+    return torch.arange(-8.0, 8.0).view(4, 4)
+
+
+def bad_outs():
+    """(name, make) pairs: make() returns (w, out, error type, message) for one bad out."""
+
+    def other_device():
+        w = square()
+        return w, torch.empty(4, 4, device="meta"), ValueError, "out must be on the device of w"
+
+    def transposed():
+        w = square()
+        return w, w.t(), ValueError, "out overlaps the memory of w"
+
+    def shifted():
+        base = torch.arange(-8.0, 12.0)
+        return base[:16].view(4, 4), base[4:].view(4, 4), ValueError, "out overlaps the memory"
+
+    def expanded_out():
+        out = torch.zeros(1, 4).expand(4, 4)
+        return square(), out, ValueError, r"share memory \(stride 0"
+
+    def expanded_w():
+        w = torch.arange(-2.0, 2.0).view(1, 4).expand(4, 4)
+        return w, w, ValueError, r"share memory \(stride 0"
+
+    def inference_w():
+        with torch.inference_mode():
+            w = square()
+        return w, w, ValueError, "inference tensor"
+
+    def sparse_out():
+        return square(), square().to_sparse(), TypeError, "out must be a strided"
+
+    def sparse_w():
+        w = square().to_sparse()
+        return w, w, TypeError, "weights must be a strided"
+
+    return {
+        f.__name__: f
+        for f in (
+            other_device,
+            transposed,
+            shifted,
+            expanded_out,
+            expanded_w,
+            inference_w,
+            sparse_out,
+            sparse_w,
+        )
+    }
+
+
+@pytest.mark.parametrize("name", OUT_FUNCTIONS)
+@pytest.mark.parametrize("case", bad_outs())
+def test_torch_bad_out_is_refused_before_writing(name, case):
+    w, out, error, message = bad_outs()[case]()
+    w_before = w.to_dense().clone()
+    out_before = out.to_dense().clone() if out.device.type != "meta" else None
+    with pytest.raises(error, match=message):
+        OUT_FUNCTIONS[name](w, out=out)
+    assert torch.equal(w.to_dense(), w_before)
+    if out_before is not None:
+        assert torch.equal(out.to_dense(), out_before)
+
+
+@pytest.mark.parametrize("name", OUT_FUNCTIONS)
+def test_torch_out_that_is_not_w_but_the_same_memory_is_fine(name):
+    parameter = torch.nn.Parameter(square())
+    expected = OUT_FUNCTIONS[name](square())
+    with torch.no_grad():
+        data = parameter.data  # a new tensor object for the same memory each time
+        assert OUT_FUNCTIONS[name](data, out=parameter.data) is not data
+    assert torch.equal(parameter.detach(), expected)
+
+
+@pytest.mark.parametrize("name", OUT_FUNCTIONS)
+def test_torch_inference_tensors_inside_inference_mode(name):
+    with torch.inference_mode():
+        w = square()
+        expected = OUT_FUNCTIONS[name](w)
+        assert OUT_FUNCTIONS[name](w, out=w) is w
+    assert torch.equal(w, expected)
+
+
+@pytest.mark.parametrize("name", OUT_FUNCTIONS)
+def test_torch_out_separate_and_non_contiguous(name):
+    w = square()
+    out = torch.empty(4, 4).t()  # its own memory, another layout
+    assert OUT_FUNCTIONS[name](w, out=out) is out
+    assert torch.equal(out, OUT_FUNCTIONS[name](w))
