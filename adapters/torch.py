@@ -5,13 +5,28 @@ PyTorch has no ``kernel_constraint=``: the usual recipe is a loop of ``renorm_``
 and :meth:`Constraints.attach` runs the projections in an optimizer step post-hook, in place,
 under ``torch.no_grad()``, with no host synchronisation. The math is the core's
 (:mod:`weight_constraints`) on torch tensors; this module only finds the parameters and their
-per-node dims.
+per-node dims, and checks that what it projects is what the model uses.
 
-Axes. A constraint attached *by role* (``kernel=``, ``recurrent=``, ``bias=``) is applied over the
-module's per-node dims (:func:`per_node_dims`), e.g. dim 1 of a ``Linear`` weight ``(out, in)``.
-The constraint's ``axis`` must then be left at its default, ``0``, which in Keras's layout means
-"one norm per output unit"; any other axis raises a ValueError that tells you to use
-``Constraints.add(parameter, constraint, dims=...)``. An axis is never silently replaced.
+Axes. A constraint attached *by role* (``kernel=``, ``recurrent=``, ``bias=``, ``embedding=``)
+is applied over the module's per-node dims (:func:`per_node_dims`), e.g. dim 1 of a ``Linear``
+weight ``(out, in)``: with its axis left at the default, it takes those dims; an explicit axis is
+honoured when it names them (``MaxNorm(3, axis=1)`` on a ``Linear``) and raises a ValueError
+otherwise (``axis=0`` is Keras's per-node axis of a ``Dense`` kernel ``(in, out)``, not torch's).
+``add(tensor, constraint, dims=...)`` and :func:`project_` follow the same rule with your
+``dims``. An axis is never silently replaced.
+
+What the hook projects. A hook projects what its optimizer updated in that step: the registered
+parameters that are in the optimizer's param groups and have a gradient (frozen weights,
+``requires_grad=False``, are left alone, as in Keras). :meth:`Constraints.apply` projects every
+registered tensor. Before projecting anything, every entry is checked (O(1) per entry): a
+parameter replaced in its module after registration (``load_state_dict(..., assign=True)``,
+``module.weight = nn.Parameter(...)``) is projected in its new form when the optimizer updates
+it, and raises when the optimizer still holds the old one; a weight computed by a
+parametrization (``weight_norm``, ``spectral_norm``, ``torch.nn.utils.parametrize``) raises with
+what to constrain instead. A weight shared by two modules (tied embeddings) is constrained once.
+:func:`audit` shows, weight by weight, whether the next step will project it; copies of an
+optimizer (``copy.deepcopy``, ``torch.save``/``torch.load`` of the object) lose their step hooks,
+a PyTorch behaviour that the audit reports.
 
 Example:
     >>> import torch
@@ -33,26 +48,38 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 import weight_constraints as wc
-from weight_constraints._checks import Axis, normalize_axes
+from weight_constraints._checks import Axis, is_default_axis, normalize_axes
+from weight_constraints.adapters._rules import (
+    ROLES,
+    Audit,
+    AuditRow,
+    bind_axes,
+    check_strict,
+    explicit_roles,
+    resolve_roles,
+    worst_violation,
+)
 
 __all__ = [
     "Constraints",
     "Entry",
+    "audit",
     "constrain",
     "node_norms",
+    "norm_stats",
     "per_node_dims",
     "project_",
 ]
-
-ROLES = ("kernel", "recurrent", "bias")
 
 # Modules whose parameters are neither kernels nor biases in the sense of a weight constraint:
 # constrain() passes over them quietly.
@@ -80,6 +107,19 @@ _SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
 _MISSING: Any = object()
 
 
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face transformers' ``Conv1D`` (a linear layer with weight ``(in, out)``), told by
+    its type name and module, without importing transformers."""
+    return any(
+        cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+        for cls in type(module).__mro__
+    )
+
+
+def _supported(module: nn.Module) -> bool:
+    return isinstance(module, _SUPPORTED_TYPES) or _is_hf_conv1d(module)
+
+
 class Entry(NamedTuple):
     """One constrained tensor.
 
@@ -99,26 +139,6 @@ class Entry(NamedTuple):
     view: tuple[int, ...] | None = None
 
 
-def _bind(constraint: Any, dims: Axis, tensor: torch.Tensor) -> tuple[wc.Constraint, tuple]:
-    """Resolve ``constraint`` (object, name or config) and bind it to ``dims`` of ``tensor``."""
-    resolved = wc.get(constraint)
-    if resolved is None:
-        raise ValueError("constraint must not be None")
-    if not tensor.is_floating_point():
-        raise TypeError(
-            f"can only constrain floating-point tensors, got dtype {str(tensor.dtype)[6:]}"
-        )
-    axes = normalize_axes(dims, tuple(tensor.shape))
-    if isinstance(resolved, wc.NonNeg):
-        return resolved, axes
-    if resolved.axis != 0 and normalize_axes(resolved.axis, tuple(tensor.shape)) != axes:
-        raise ValueError(
-            f"{resolved!r} has an explicit axis that differs from dims={dims!r}; "
-            "leave the constraint's axis at its default and pass dims only"
-        )
-    return _with_axis(resolved, axes), axes
-
-
 @functools.lru_cache(maxsize=256)
 def _with_axis(constraint: wc.Constraint, axes: tuple[int, ...]) -> wc.Constraint:
     """``constraint`` with its axis set to ``axes`` (objects are immutable: shared safely)."""
@@ -130,98 +150,156 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
     return module is not None and isinstance(tensor, module.DTensor)
 
 
-def _project_dtensor_(tensor: Any, constraint: wc.Constraint, dims: tuple[int, ...]) -> None:
-    """Project a distributed tensor so that the constraint holds on the full tensor.
+def _may_overlap(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether two elements of a strided tensor may share one memory location (an expanded
+    tensor, or strides that interleave). Exact for every layout ``view``/``expand``/``permute``
+    and slicing produce; conservative for hand-made ``as_strided`` layouts."""
+    reach = 0
+    for step, size in sorted((s, n) for n, s in zip(shape, stride, strict=True) if n > 1):
+        if step <= reach:
+            return True
+        reach += (size - 1) * step
+    return False
 
-    When no node is split across shards (no ``Shard`` placement on a reduced dim; always for
-    :class:`~weight_constraints.NonNeg`), each rank projects its own shard: no communication.
-    Otherwise the full tensor is gathered, projected identically on every rank, and each rank
-    keeps its shard. The parameter stays sharded either way.
+
+def _check_writable(tensor: torch.Tensor, where: str, *, in_inference_mode: bool = False) -> None:
+    """Raise unless ``tensor`` is a floating-point dense tensor that can be written in place.
+
+    Raises:
+        TypeError: Not floating point, or not strided (sparse and other layouts).
+        ValueError: An inference tensor outside inference mode, or elements sharing memory.
     """
-    from torch.distributed.tensor import Partial, Shard, distribute_tensor
+    if tensor.layout is not torch.strided:
+        raise TypeError(
+            f"{where} has layout {tensor.layout}; only dense (strided) tensors can be projected in "
+            "place: constrain the dense tensor the model trains"
+        )
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"can only constrain floating-point tensors, got dtype {str(tensor.dtype)[6:]} "
+            f"({where})"
+        )
+    if tensor.is_inference() and not (in_inference_mode and torch.is_inference_mode_enabled()):
+        raise ValueError(
+            f"{where} is an inference tensor (made under torch.inference_mode()): it cannot be "
+            "modified in place outside inference mode. Constrain a copy made outside inference "
+            "mode (tensor.clone())"
+        )
+    local = tensor.to_local() if _is_dtensor(tensor) else tensor
+    if _may_overlap(tuple(local.shape), local.stride()):
+        raise ValueError(
+            f"{where} has elements that share memory (shape {tuple(local.shape)}, strides "
+            f"{local.stride()}: an expanded or overlapping view), so writing one node would "
+            "write others: constrain a tensor with memory of its own (tensor.clone())"
+        )
 
-    local = tensor.to_local()
-    entrywise = isinstance(constraint, wc.NonNeg)
-    splits_nodes = any(
-        isinstance(p, Partial) or (isinstance(p, Shard) and p.dim % tensor.ndim in dims)
-        for p in tensor.placements
+
+def _axes_for(
+    constraint: wc.Constraint, per_node: tuple[int, ...], shape: tuple[int, ...], where: str
+) -> wc.Constraint:
+    """``constraint`` bound to the per-node dims by the shared axis rule (``bind_axes``)."""
+    axes = bind_axes(constraint, per_node, shape, where)
+    return constraint if axes is None else _with_axis(constraint, axes)
+
+
+class _Slot:
+    """One registered tensor, bound once at ``add()`` to what its projection needs (its plan).
+
+    ``places`` are the ``(module, attribute, name)`` triples the tensor was found at (several
+    for a tied weight); ``source`` is ``(module, parameter name, label)`` for a module entry, to
+    bind again when the parameter is replaced. ``shape``/``stride``/``dtype`` are what the binding
+    was checked against; ``item`` is what the projection takes.
+    """
+
+    __slots__ = (
+        "asked",
+        "constraint",
+        "dims",
+        "dtensor",
+        "dtype",
+        "item",
+        "name",
+        "parameter",
+        "places",
+        "shape",
+        "source",
+        "stride",
+        "view",
     )
-    if entrywise or not splits_nodes:
-        constraint(local, out=local)
-        return
-    full = tensor.full_tensor()
-    constraint(full, out=full)
-    local.copy_(distribute_tensor(full, tensor.device_mesh, tensor.placements).to_local())
+
+    def __init__(
+        self,
+        name: str,
+        parameter: torch.Tensor,
+        asked: wc.Constraint,
+        constraint: wc.Constraint,
+        dims: tuple[int, ...],
+        view: tuple[int, ...] | None,
+        places: tuple[tuple[nn.Module, str, str], ...],
+        source: tuple[nn.Module, str, str] | None,
+    ) -> None:
+        self.name = name
+        self.parameter = parameter
+        self.asked = asked
+        self.constraint = constraint
+        self.dims = dims
+        self.view = view
+        self.places = places
+        self.source = source
+        self.dtensor = _is_dtensor(parameter)
+        self.shape = parameter.shape
+        self.stride = parameter.stride()
+        self.dtype = parameter.dtype
+        self.item = (parameter, view, constraint)
+
+    def take(self, other: _Slot) -> None:
+        """Become ``other`` (a fresh binding of the same registration), keeping the places."""
+        for field in self.__slots__:
+            if field != "places":
+                setattr(self, field, getattr(other, field))
+
+    def entry(self) -> Entry:
+        return Entry(self.name, self.parameter, self.constraint, self.dims, self.view)
+
+    def same_request(self, other: _Slot) -> bool:
+        """Whether ``other`` asks for the same projection of the same tensor."""
+        if self.constraint != other.constraint:
+            return False
+        return not hasattr(self.constraint, "axis") or (self.dims, self.view) == (
+            other.dims,
+            other.view,
+        )
 
 
-def project_(tensor: torch.Tensor, constraint: Any, dims: Axis) -> torch.Tensor:
-    """Project ``tensor`` in place onto ``constraint`` with one norm per index of the other dims.
-
-    Runs under ``torch.no_grad()`` on the tensor's own device and dtype, without host
-    synchronisation. The norms are taken over ``dims``; the constraint's ``axis`` must be left
-    at its default (or name the same dims), so that no axis is silently replaced.
-    Distributed tensors (``DTensor``, e.g. FSDP2 parameters) stay sharded and the constraint
-    holds on the full tensor.
-
-    Args:
-        tensor: A floating-point tensor or parameter.
-        constraint: A core constraint object, or a name / config that :func:`weight_constraints.get`
-            resolves.
-        dims: The dims each norm is taken over (torch's ``dim``); ``None`` for all of them.
-
-    Returns:
-        ``tensor``, projected.
-
-    Example:
-        >>> import torch
-        >>> from weight_constraints import MaxNorm
-        >>> from weight_constraints.adapters.torch import project_
-        >>> w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])  # a Linear weight (out, in)
-        >>> project_(w, MaxNorm(1.0), dims=1)
-        tensor([[0.6000, 0.8000],
-                [0.3000, 0.4000]])
-    """
-    bound, axes = _bind(constraint, dims, tensor)
-    with torch.no_grad():
-        _project_bound_(tensor, bound, axes)
-    return tensor
+def _tensor_slot(tensor: torch.Tensor, constraint: Any, dims: Any, name: str) -> _Slot:
+    resolved = wc.get(constraint)
+    if resolved is None:
+        raise ValueError("add(tensor, constraint, dims=...) needs a constraint")
+    if dims is _MISSING:
+        if hasattr(resolved, "axis"):
+            raise ValueError(
+                f"add(tensor, {resolved!r}) needs dims=: the dims of the tensor each norm is "
+                "taken over (torch's dim; e.g. dims=1 for a Linear weight)"
+            )
+        dims = None
+    _check_writable(tensor, name)
+    shape = tuple(tensor.shape)
+    axes = normalize_axes(dims, shape)
+    bound = _dims_rule(resolved, axes, shape, name, dims)
+    return _Slot(name, tensor, resolved, bound, axes, None, (), None)
 
 
-def _project_bound_(tensor: torch.Tensor, constraint: wc.Constraint, dims: tuple) -> None:
-    if _is_dtensor(tensor):
-        _project_dtensor_(tensor, constraint, dims)
-    else:
-        constraint(tensor, out=tensor)
-
-
-def _project_all_(items: list[tuple[torch.Tensor, tuple[int, ...] | None, wc.Constraint]]) -> None:
-    """Project each ``(tensor, view, constraint)`` in place, ``tensor`` viewed in the shape
-    ``view`` when it is not None; the constraints are bound to their dims already."""
-    for tensor, view, constraint in items:
-        target = tensor if view is None else tensor.view(view)
-        constraint(target, out=target)
-
-
-@functools.cache
-def _compiled_projection() -> Any:
-    """``torch.compile(_project_all_)``, made on first use: one graph for all the tensors of a
-    registry, in which each norm and its scaling fuse into one pass over the weights."""
-    return torch.compile(_project_all_)
-
-
-def node_norms(tensor: torch.Tensor, dims: Axis) -> torch.Tensor:
-    """Per-node L2 norms of ``tensor`` over ``dims`` (float32 for half precision).
-
-    Example:
-        >>> import torch
-        >>> from weight_constraints.adapters.torch import node_norms
-        >>> node_norms(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), dims=1)
-        tensor([5., 1.])
-    """
-    with torch.no_grad():
-        if _is_dtensor(tensor):
-            tensor = tensor.full_tensor()
-        return wc.node_norms(tensor, dims)
+def _dims_rule(
+    constraint: wc.Constraint, axes: tuple[int, ...], shape: tuple[int, ...], where: str, dims: Any
+) -> wc.Constraint:
+    """The axis rule for a tensor and the dims given with it (``per_node=dims``)."""
+    try:
+        return _axes_for(constraint, axes, shape, where)
+    except ValueError:
+        raise ValueError(
+            f"{constraint!r} has an explicit axis that differs from dims={dims!r} on {where} "
+            f"(shape {shape}); leave the constraint's axis at its default and pass dims only"
+        ) from None
 
 
 def _conv_transpose_layout(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -239,13 +317,16 @@ def _conv_transpose_layout(module: nn.Module) -> tuple[tuple[int, ...], tuple[in
     return (1, *range(3, ndim + 1)), view
 
 
-def _layout(module: nn.Module) -> dict[str, list[tuple[str, tuple[int, ...], Any]]]:
+Layout = dict[str, list[tuple[str, tuple[int, ...], Any]]]
+
+
+def _layout(module: nn.Module) -> Layout:
     """The constrainable parameters of ``module`` by role: ``(name, dims, view shape or None)``.
 
     Raises:
         TypeError: The module type is not supported.
     """
-    roles: dict[str, list[tuple[str, tuple[int, ...], Any]]] = {role: [] for role in ROLES}
+    roles: Layout = {role: [] for role in ROLES}
 
     def bias(name: str) -> None:
         if getattr(module, name, None) is not None:
@@ -253,6 +334,9 @@ def _layout(module: nn.Module) -> dict[str, list[tuple[str, tuple[int, ...], Any
 
     if isinstance(module, nn.Linear):
         roles["kernel"].append(("weight", (1,), None))
+        bias("bias")
+    elif _is_hf_conv1d(module):  # transformers' Conv1D: weight (in, out), one norm per column
+        roles["kernel"].append(("weight", (0,), None))
         bias("bias")
     elif isinstance(module, nn.Bilinear):
         roles["kernel"].append(("weight", (1, 2), None))
@@ -265,7 +349,7 @@ def _layout(module: nn.Module) -> dict[str, list[tuple[str, tuple[int, ...], Any
         roles["kernel"].append(("weight", dims, view))
         bias("bias")
     elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        roles["kernel"].append(("weight", (1,), None))
+        roles["embedding"].append(("weight", (1,), None))
     elif isinstance(module, nn.RNNBase):
         for name in module._flat_weights_names:
             if name.startswith("weight_ih"):
@@ -318,61 +402,396 @@ def per_node_dims(module: nn.Module, parameter_name: str) -> tuple[int, ...]:
     raise ValueError(f"{type(module).__name__} has no constrainable parameter {parameter_name!r}")
 
 
-def _get_parameter(module: nn.Module, name: str) -> torch.Tensor:
-    owner = module
-    *path, leaf = name.split(".")
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    *path, attr = name.split(".")
     for part in path:
-        owner = getattr(owner, part)
-    return getattr(owner, leaf)
+        module = getattr(module, part)
+    return module, attr
 
 
-def _check_role_axis(constraint: Any, role: str, module: nn.Module) -> wc.Constraint:
-    resolved = wc.get(constraint)
-    axis = getattr(resolved, "axis", 0)
-    if axis != 0:
-        raise ValueError(
-            f"{resolved!r} has an explicit axis; a constraint attached as {role}= is applied "
-            f"over the per-node dims of {type(module).__name__} (see per_node_dims). Leave axis "
-            "at its default, or use Constraints.add(parameter, constraint, dims=...)"
+# -- weights a module computes (parametrizations, weight_norm hooks) -------------------------------
+
+
+def _moved_to(
+    norm_dims: tuple[int, ...], per_node: tuple[int, ...], ndim: int, g: str, asked: Any
+) -> str:
+    """What to constrain instead of a weight normalised as ``g * v / ||v||`` over ``norm_dims``."""
+    if not hasattr(asked, "axis"):
+        return (
+            f"An entry-wise constraint such as {asked!r} cannot be moved onto the magnitudes {g}: "
+            "remove the weight normalisation, or constrain the tensors it starts from yourself."
         )
-    return resolved
+    if norm_dims == per_node:
+        return (
+            f"Each node's norm of the computed weight is its magnitude |g|, so constrain {g} "
+            f"instead, over the same dims: Constraints().add({g}, {asked!r}, dims={per_node}), "
+            "then attach it; the constraint then holds on the computed weight."
+        )
+    kept = [d for d in range(ndim) if d not in per_node]
+    hint = f" (dim={kept[0]} normalises each node)" if len(kept) == 1 else ""
+    return (
+        f"It normalises over dims {norm_dims}, not over the per-node dims {per_node}, so the "
+        f"constraint cannot be moved onto {g}: apply weight_norm with the node dim kept{hint}, "
+        "or remove it."
+    )
 
 
-def _tensor_entry(tensor: torch.Tensor, constraint: Any, dims: Any, name: str) -> Entry:
-    resolved = wc.get(constraint)
-    if resolved is None:
-        raise ValueError("add(tensor, constraint, dims=...) needs a constraint")
-    if dims is _MISSING:
-        if not isinstance(resolved, wc.NonNeg):
-            raise ValueError(
-                f"add(tensor, {resolved!r}) needs dims=: the dims of the tensor each norm is "
-                "taken over (torch's dim; e.g. dims=1 for a Linear weight)"
+def _norm_dims(dim: int | None, ndim: int) -> tuple[int, ...]:
+    if dim is None or dim == -1:
+        return tuple(range(ndim))
+    return tuple(d for d in range(ndim) if d != dim % ndim)
+
+
+def _computed_weight_error(
+    owner: nn.Module,
+    attr: str,
+    where: str,
+    per_node: tuple[int, ...],
+    view: Any,
+    asked: Any,
+    *,
+    when: str = "",
+) -> ValueError:
+    """The error for a weight that ``owner`` computes instead of holding it as a parameter."""
+    prefix = where[: len(where) - len(attr)]
+    if parametrize.is_parametrized(owner, attr):
+        chain = owner.parametrizations[attr]
+        kinds = ", ".join(type(p).__name__ for p in chain)
+        weight_norm = len(chain) == 1 and type(chain[0]).__name__ == "_WeightNorm"
+        if weight_norm and view is None:
+            ndim = chain.original1.ndim
+            advice = _moved_to(
+                _norm_dims(chain[0].dim, ndim),
+                per_node,
+                ndim,
+                f"{prefix}parametrizations.{attr}.original0",
+                asked,
             )
-        dims = None
-    bound, axes = _bind(resolved, dims, tensor)
-    return Entry(name, tensor, bound, axes)
+        else:
+            original = "original" if hasattr(chain, "original") else "original0, original1, ..."
+            advice = (
+                f"Constrain the tensor it is computed from ({prefix}parametrizations.{attr}."
+                f"{original}) with Constraints.add(tensor, constraint, dims=...), knowing that "
+                f"the constraint then holds on that tensor, not on the computed {attr}; or remove "
+                "the parametrization (torch.nn.utils.parametrize.remove_parametrizations)."
+            )
+        return ValueError(
+            f"{where} is computed by a parametrization ({kinds}){when}: projecting the computed "
+            f"tensor would be lost at the next forward pass. {advice}"
+        )
+    hooks = [h for h in owner._forward_pre_hooks.values() if getattr(h, "name", None) == attr]
+    kind = type(hooks[0]).__name__ if hooks else ""
+    if kind == "WeightNorm" and view is None:
+        ndim = getattr(owner, f"{attr}_v").ndim
+        advice = _moved_to(
+            _norm_dims(hooks[0].dim, ndim), per_node, ndim, f"{prefix}{attr}_g", asked
+        )
+        return ValueError(
+            f"{where} is computed by torch.nn.utils.weight_norm from {attr}_g and {attr}_v{when}: "
+            f"projecting it would be lost at the next forward pass. {advice}"
+        )
+    if kind:
+        return ValueError(
+            f"{where} is computed by a {kind} hook (torch.nn.utils){when}: projecting it would be "
+            "lost at the next forward pass. Constrain the parameter it is computed from with "
+            "Constraints.add(tensor, constraint, dims=...), knowing that the constraint then holds "
+            "on that tensor, or remove the hook."
+        )
+    value = getattr(owner, attr, None)
+    return ValueError(
+        f"{where} is not a parameter of {type(owner).__name__}{when} (it is "
+        f"{type(value).__name__}); constrain the parameter it comes from with "
+        "Constraints.add(tensor, constraint, dims=...)"
+    )
 
 
-def _module_entries(module: nn.Module, wanted: dict[str, Any], label: str) -> list[Entry]:
+def _parameter_at(
+    owner: nn.Module, attr: str, where: str, per_node: Any, view: Any, asked: Any
+) -> torch.Tensor:
+    """The parameter ``owner`` holds at ``attr``; raise when it computes that weight instead."""
+    parameter = owner._parameters.get(attr)
+    if parameter is None or parametrize.is_parametrized(owner, attr):
+        raise _computed_weight_error(owner, attr, where, per_node, view, asked)
+    return parameter
+
+
+def _module_slot(module: nn.Module, name: str, asked: Any, label: str) -> _Slot:
+    """Bind the parameter ``name`` of ``module`` (found by role) to ``asked``."""
+    where = f"{label}.{name}"
+    owner, attr = _owner(module, name)
+    dims, view = next((d, v) for role in _layout(module).values() for n, d, v in role if n == name)
+    parameter = _parameter_at(owner, attr, where, dims, view, asked)
+    if nn.parameter.is_lazy(parameter):
+        raise ValueError(
+            f"{where} is not initialised yet (lazy module): run one forward pass before "
+            "constraining it"
+        )
+    _check_writable(parameter, where)
+    if view is None:
+        shape = tuple(parameter.shape)
+    else:
+        if hasattr(asked, "axis") and not is_default_axis(asked.axis):
+            raise ValueError(
+                f"{asked!r} has an explicit axis, but the per-node norms of {where} exist only "
+                f"in the grouped view {view} (dims {dims}): leave the axis at its default"
+            )
+        try:
+            parameter.view(view)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{where} cannot be viewed as {view} for projecting: {error}"
+            ) from None
+        shape = view
+    bound = _axes_for(asked, dims, shape, where)
+    axes = normalize_axes(dims, shape)
+    place = ((owner, attr, where),)
+    return _Slot(where, parameter, asked, bound, axes, view, place, (module, name, label))
+
+
+def _module_slots(module: nn.Module, wanted: dict[str, Any], label: str) -> list[_Slot]:
+    """Slots for every parameter of ``module`` whose role has a constraint in ``wanted``."""
     layout = _layout(module)
-    entries = []
+    slots = []
     for role, constraint in wanted.items():
         if constraint is None:
             continue
-        if not layout[role]:
-            raise ValueError(f"{label} ({type(module).__name__}) has no {role} weights")
-        resolved = _check_role_axis(constraint, role, module)
-        for name, dims, view in layout[role]:
-            parameter = _get_parameter(module, name)
-            if nn.parameter.is_lazy(parameter):
-                raise ValueError(
-                    f"{label}.{name} is not initialised yet (lazy module): run one forward pass "
-                    "before constraining it"
-                )
-            tensor = parameter.view(view) if view is not None else parameter
-            bound, axes = _bind(resolved, dims, tensor)
-            entries.append(Entry(f"{label}.{name}", parameter, bound, axes, view))
-    return entries
+        resolved = wc.get(constraint)
+        for name, _, _ in layout[role]:
+            slots.append(_module_slot(module, name, resolved, label))
+    return slots
+
+
+def _rebind(slot: _Slot) -> _Slot:
+    """A fresh binding of ``slot`` to the tensor now at its places (checked like ``add()``).
+
+    Raises:
+        ValueError: The tensor became unusable (parametrized, untied, reshaped, ...).
+    """
+    if slot.source is None:
+        fresh = _tensor_slot(slot.parameter, slot.asked, slot.dims, slot.name)
+        if fresh.shape != slot.shape:
+            raise ValueError(
+                f"{slot.name} changed shape from {tuple(slot.shape)} to {tuple(fresh.shape)} after "
+                "it was constrained: constrain it again"
+            )
+        return fresh
+    module, name, label = slot.source
+    owner, attr = _owner(module, name)
+    if owner._parameters.get(attr) is None or parametrize.is_parametrized(owner, attr):
+        per_node, view = slot.dims, slot.view
+        raise _computed_weight_error(
+            owner, attr, slot.name, per_node, view, slot.asked, when=" since it was constrained"
+        )
+    fresh = _module_slot(module, name, slot.asked, label)
+    for place_owner, place_attr, place in slot.places:
+        if place_owner._parameters.get(place_attr) is not fresh.parameter:
+            raise ValueError(
+                f"{slot.name} was tied to {place} when it was constrained, and the two are now "
+                "different tensors: constrain each of them again"
+            )
+    if fresh.shape != slot.shape and fresh.parameter is slot.parameter:
+        raise ValueError(
+            f"{slot.name} changed shape from {tuple(slot.shape)} to {tuple(fresh.shape)} after it "
+            "was constrained: constrain it again"
+        )
+    return fresh
+
+
+def _project_dtensor_(tensor: Any, constraint: wc.Constraint, dims: tuple[int, ...]) -> None:
+    """Project a distributed tensor so that the constraint holds on the full tensor.
+
+    When no node is split across shards (no ``Shard`` placement on a reduced dim; always for
+    :class:`~weight_constraints.NonNeg`), each rank projects its own shard: no communication.
+    Otherwise the full tensor is gathered, projected identically on every rank, and each rank
+    keeps its shard. The parameter stays sharded either way.
+    """
+    from torch.distributed.tensor import Partial, Shard, distribute_tensor
+
+    local = tensor.to_local()
+    entrywise = not hasattr(constraint, "axis")
+    splits_nodes = any(
+        isinstance(p, Partial) or (isinstance(p, Shard) and p.dim % tensor.ndim in dims)
+        for p in tensor.placements
+    )
+    if entrywise or not splits_nodes:
+        constraint(local, out=local)
+        return
+    full = tensor.full_tensor()
+    constraint(full, out=full)
+    local.copy_(distribute_tensor(full, tensor.device_mesh, tensor.placements).to_local())
+
+
+def project_(tensor: torch.Tensor, constraint: Any, dims: Axis) -> torch.Tensor:
+    """Project ``tensor`` in place onto ``constraint`` with one norm per index of the other dims.
+
+    Runs under ``torch.no_grad()`` on the tensor's own device and dtype, without host
+    synchronisation. The norms are taken over ``dims``; the constraint's ``axis`` must be left
+    at its default or name the same dims, so that no axis is silently replaced.
+    Distributed tensors (``DTensor``, e.g. FSDP2 parameters) stay sharded and the constraint
+    holds on the full tensor. Tensors that cannot be written in place (sparse, inference tensors
+    outside inference mode, expanded views) raise before anything is written.
+
+    Args:
+        tensor: A floating-point tensor or parameter.
+        constraint: A core constraint object, or a name / config that :func:`weight_constraints.get`
+            resolves.
+        dims: The dims each norm is taken over (torch's ``dim``); ``None`` for all of them.
+
+    Returns:
+        ``tensor``, projected.
+
+    Example:
+        >>> import torch
+        >>> from weight_constraints import MaxNorm
+        >>> from weight_constraints.adapters.torch import project_
+        >>> w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])  # a Linear weight (out, in)
+        >>> project_(w, MaxNorm(1.0), dims=1)
+        tensor([[0.6000, 0.8000],
+                [0.3000, 0.4000]])
+    """
+    resolved = wc.get(constraint)
+    if resolved is None:
+        raise ValueError("constraint must not be None")
+    _check_writable(tensor, "tensor", in_inference_mode=True)
+    shape = tuple(tensor.shape)
+    axes = normalize_axes(dims, shape)
+    bound = _dims_rule(resolved, axes, shape, "tensor", dims)
+    with torch.no_grad():
+        if _is_dtensor(tensor):
+            _project_dtensor_(tensor, bound, axes)
+        else:
+            bound(tensor, out=tensor)
+    return tensor
+
+
+def _project_all_(items: list[tuple[torch.Tensor, tuple[int, ...] | None, wc.Constraint]]) -> None:
+    """Project each ``(tensor, view, constraint)`` in place, ``tensor`` viewed in the shape
+    ``view`` when it is not None; the constraints are bound to their dims already."""
+    for tensor, view, constraint in items:
+        target = tensor if view is None else tensor.view(view)
+        constraint(target, out=target)
+
+
+@functools.cache
+def _compiled_projection() -> Any:
+    """``torch.compile(_project_all_)``, made on first use: one graph for all the tensors of a
+    registry, in which each norm and its scaling fuse into one pass over the weights."""
+    return torch.compile(_project_all_)
+
+
+def node_norms(tensor: torch.Tensor, dims: Axis) -> torch.Tensor:
+    """Per-node L2 norms of ``tensor`` over ``dims`` (float32 for half precision).
+
+    Example:
+        >>> import torch
+        >>> from weight_constraints.adapters.torch import node_norms
+        >>> node_norms(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), dims=1)
+        tensor([5., 1.])
+    """
+    with torch.no_grad():
+        if _is_dtensor(tensor):
+            tensor = tensor.full_tensor()
+        return wc.node_norms(tensor, dims)
+
+
+def _memory(tensor: torch.Tensor) -> tuple[Any, int, int, int, int] | None:
+    """``(device, storage address, first byte, end byte, element size)`` of ``tensor``'s
+    memory, or None when it has none to compare (empty, meta, no storage)."""
+    local = tensor.to_local() if _is_dtensor(tensor) else tensor
+    if local.numel() == 0 or local.device.type == "meta":
+        return None
+    try:
+        address = local.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    size = local.element_size()
+    start = local.storage_offset()
+    last = start + sum((n - 1) * s for n, s in zip(local.shape, local.stride(), strict=True))
+    return local.device, address, start * size, (last + 1) * size, size
+
+
+def _overlap(ma: tuple, mb: tuple, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b``, whose ``_memory`` are ``ma`` and ``mb`` on the same storage, have
+    an element in common (exact for equal element sizes)."""
+    if ma[3] <= mb[2] or mb[3] <= ma[2]:
+        return False
+    if ma[4] != mb[4]:
+        return True  # different element sizes over the same bytes: assume they meet
+    size = ma[4]
+    low, high = min(ma[2], mb[2]) // size, max(ma[3], mb[3]) // size
+    if high - low > 2**28:
+        return True
+    mask = torch.zeros(high - low, dtype=torch.bool)
+    la, lb = (t.to_local() if _is_dtensor(t) else t for t in (a, b))
+    mask.as_strided(la.shape, la.stride(), ma[2] // size - low).fill_(True)
+    return bool(mask.as_strided(lb.shape, lb.stride(), mb[2] // size - low).any())
+
+
+# Every registry alive, for audit(model) and norm_stats(model).
+_REGISTRIES: weakref.WeakSet[Constraints] = weakref.WeakSet()
+
+
+class _StepHook:
+    """The step post-hook of one registry on one optimizer. It knows its registry (for
+    :func:`audit`) and caches which tensors the optimizer holds (recomputed when the param
+    groups change in number or length)."""
+
+    def __init__(self, registry: Constraints, optimizer: torch.optim.Optimizer) -> None:
+        self.registry = registry
+        self.optimizer = weakref.ref(optimizer)
+        self._key: tuple = ()
+        self._members: frozenset[int] = frozenset()
+
+    def members(self, optimizer: torch.optim.Optimizer) -> frozenset[int]:
+        """The ids of the tensors in ``optimizer``'s param groups."""
+        key = tuple((id(g["params"]), len(g["params"])) for g in optimizer.param_groups)
+        if key != self._key:
+            self._members = _param_ids(optimizer)
+            self._key = key
+        return self._members
+
+    def attached(self) -> torch.optim.Optimizer | None:
+        """The optimizer this hook is registered on, or None when removed or collected."""
+        optimizer = self.optimizer()
+        if optimizer is None:
+            return None
+        hooks = getattr(optimizer, "_optimizer_step_post_hooks", {})
+        return optimizer if any(h is self for h in hooks.values()) else None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.registry._step(optimizer, self)
+
+
+def _param_ids(optimizer: torch.optim.Optimizer) -> frozenset[int]:
+    return frozenset(id(p) for group in optimizer.param_groups for p in group["params"])
+
+
+_MARK = "_weight_constraints"
+
+
+def _mark(owner: nn.Module, attr: str, slot: _Slot) -> None:
+    """Note on the module, in plain strings and ints, what its parameter was constrained with.
+    Copies and pickles of the module keep the note while no registry holds the copy's tensors,
+    so that :func:`audit` can tell a copied or reloaded model whose constraints were lost."""
+    owner.__dict__.setdefault(_MARK, {})[attr] = (repr(slot.constraint), slot.dims)
+
+
+def _check_optimizer(optimizer: Any, where: str) -> None:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return
+    hint = ""
+    if isinstance(optimizer, wc.Constraint) or type(optimizer).__module__.startswith(
+        "weight_constraints"
+    ):
+        hint = (
+            f". It looks like a constraint: pass constraints by role, e.g. "
+            f"{where}(model, optimizer, kernel={optimizer!r})"
+        )
+    raise TypeError(
+        f"{where}() expects a torch.optim.Optimizer (or None), got "
+        f"{type(optimizer).__name__}: {optimizer!r}"[:300]
+        + hint
+    )
 
 
 class Constraints:
@@ -403,17 +822,19 @@ class Constraints:
     """
 
     def __init__(self, *, compile: bool = False) -> None:
-        self._entries: list[Entry] = []
+        self._slots: list[_Slot] = []
+        self._hooks: list[_StepHook] = []
         self.compile = compile
+        _REGISTRIES.add(self)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slots)
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries)
+        return iter([slot.entry() for slot in self._slots])
 
     def __repr__(self) -> str:
-        lines = [f"  {e.name}: {e.constraint!r}" for e in self._entries]
+        lines = [f"  {s.name}: {s.constraint!r}" for s in self._slots]
         return "Constraints(\n" + "\n".join(lines) + "\n)" if lines else "Constraints()"
 
     def add(
@@ -425,19 +846,27 @@ class Constraints:
         kernel: Any = None,
         recurrent: Any = None,
         bias: Any = None,
+        embedding: Any = None,
         name: str | None = None,
     ) -> Constraints:
         """Register constraints for a module's roles, or for one tensor.
 
-        ``add(module, kernel=..., recurrent=..., bias=...)`` finds the parameters of each role
-        and their per-node dims from the module type (see :func:`per_node_dims`).
-        ``add(tensor, constraint, dims=...)`` constrains any tensor over the dims you give;
-        ``dims`` is required there (``NonNeg`` excepted), and a constraint whose own ``axis``
-        is not the default must agree with it.
+        ``add(module, kernel=..., recurrent=..., bias=..., embedding=...)`` finds the
+        parameters of each role and their per-node dims from the module type (see
+        :func:`per_node_dims`); embedding tables take the ``kernel`` constraint unless
+        ``embedding=`` is given. ``add(tensor, constraint, dims=...)`` constrains any tensor over
+        the dims you give; ``dims`` is required there (``NonNeg`` excepted). An explicit axis on
+        the constraint is honoured when it names the per-node dims (or ``dims``) and raises
+        otherwise.
+
+        A tensor reached twice (a weight tied between two modules) is constrained once when
+        both places ask for the same constraint over the same dims, and raises, naming both,
+        when they differ; two entries sharing memory (through ``.data``, views or slices) raise.
 
         Everything is checked before anything is registered: an unsupported module type, a role
-        the module does not have, an explicit axis on a role constraint, integer or boolean
-        tensors, dims out of range and a tensor already in the registry raise, and nothing is
+        the module does not have, an explicit axis that is not the per-node one, a weight the
+        module computes (parametrizations, ``weight_norm``), integer, boolean, sparse,
+        inference-mode or self-overlapping tensors and dims out of range raise, and nothing is
         added.
 
         Args:
@@ -447,62 +876,179 @@ class Constraints:
             kernel: For a module: the constraint of its input weights.
             recurrent: For a module: the constraint of its recurrent weights.
             bias: For a module: the constraint of its biases (one norm per bias vector).
+            embedding: For an ``Embedding``/``EmbeddingBag``: the constraint of its table (one
+                norm per embedding vector); default: the ``kernel`` constraint.
             name: A label for the entries (default: the module type or ``"tensor"``).
 
         Returns:
             The registry, so calls can be chained.
         """
+        raw = {"kernel": kernel, "recurrent": recurrent, "bias": bias, "embedding": embedding}
         if isinstance(target, nn.Module):
             if constraint is not None or dims is not _MISSING:
-                raise TypeError("for a module, pass constraints as kernel=, recurrent=, bias=")
-            roles = {"kernel": kernel, "recurrent": recurrent, "bias": bias}
-            new = _module_entries(target, roles, name or type(target).__name__)
+                raise TypeError(
+                    "for a module, pass constraints as kernel=, recurrent=, bias=, embedding="
+                )
+            label = name or type(target).__name__
+            layout = _layout(target)
+            for role in explicit_roles(raw):
+                fallback = role == "kernel" and embedding is None and layout["embedding"]
+                if not layout[role] and not fallback:
+                    raise ValueError(f"{label} ({type(target).__name__}) has no {role} weights")
+            new = _module_slots(target, resolve_roles(**raw), label)
         elif isinstance(target, torch.Tensor):
-            if kernel is not None or recurrent is not None or bias is not None:
+            if explicit_roles(raw):
                 raise TypeError("roles (kernel=, ...) need a module; for a tensor pass constraint")
-            new = [_tensor_entry(target, constraint, dims, name or "tensor")]
+            new = [_tensor_slot(target, constraint, dims, name or "tensor")]
         else:
             raise TypeError(f"can only constrain an nn.Module or a tensor, got {type(target)}")
-        known = {id(e.parameter) for e in self._entries}
-        for entry in new:
-            if id(entry.parameter) in known:
-                raise ValueError(f"{entry.name} is already constrained in this registry")
-            known.add(id(entry.parameter))
-        self._entries.extend(new)
+        self._extend(new)
         return self
+
+    def _extend(self, new: list[_Slot]) -> None:
+        """Register ``new``: a tensor already here with the same request gains a place; a
+        conflicting request or shared memory raises, and then nothing is registered."""
+        by_id = {id(s.parameter): s for s in self._slots}
+        regions: dict[tuple, list[tuple[tuple, _Slot]]] = {}
+        for known in self._slots:
+            if (memory := _memory(known.parameter)) is not None:
+                regions.setdefault(memory[:2], []).append((memory, known))
+        added: list[_Slot] = []
+        aliases: list[tuple[_Slot, _Slot]] = []
+        for slot in new:
+            known = by_id.get(id(slot.parameter))
+            if known is not None:
+                if not known.same_request(slot):
+                    raise ValueError(
+                        f"{slot.name} is the same tensor as {known.name}, already constrained "
+                        f"with {known.constraint!r} over dims {known.dims}; {slot.name} asks for "
+                        f"{slot.constraint!r} over dims {slot.dims}. A tensor takes one "
+                        "constraint: ask for the same one in both places"
+                    )
+                aliases.append((known, slot))
+                continue
+            memory = _memory(slot.parameter)
+            same_storage = [] if memory is None else regions.setdefault(memory[:2], [])
+            for other_memory, other in same_storage:
+                if _overlap(other_memory, memory, other.parameter, slot.parameter):
+                    raise ValueError(
+                        f"{slot.name} shares memory with {other.name}, already constrained in "
+                        "this registry (the same storage through .data, a view or a slice): "
+                        "constrain each piece of memory once"
+                    )
+            by_id[id(slot.parameter)] = slot
+            added.append(slot)
+            if memory is not None:
+                same_storage.append((memory, slot))
+        for known, slot in aliases:
+            fresh = [
+                p
+                for p in slot.places
+                if not any(p[0] is o and p[1] == a for o, a, _ in known.places)
+            ]
+            known.places = (*known.places, *fresh)
+        self._slots.extend(added)
+        for slot in added + [known for known, _ in aliases]:
+            for owner, attr, _ in slot.places:
+                _mark(owner, attr, slot)
+
+    def _plan(self, members: frozenset[int] | None) -> tuple[list[tuple], list[_Slot]]:
+        """Check every entry (O(1) each), then list what to project: all of them, or with
+        ``members`` (a hook) those in the optimizer that got a gradient. Raises before anything
+        is projected."""
+        items: list[tuple] = []
+        dtensors: list[_Slot] = []
+        for slot in self._slots:
+            tensor = slot.parameter
+            use = slot
+            for owner, attr, _ in slot.places:
+                if owner._parameters.get(attr) is not tensor:
+                    use = self._replaced(slot, members)
+                    break
+            else:
+                if (
+                    tensor.shape != slot.shape
+                    or tensor.stride() != slot.stride
+                    or tensor.dtype is not slot.dtype
+                    or tensor.is_inference()
+                ):
+                    slot.take(_rebind(slot))
+            if members is not None:
+                live = use.parameter
+                if live.grad is None or id(live) not in members:
+                    continue
+            if use.dtensor:
+                dtensors.append(use)
+            else:
+                items.append(use.item)
+        return items, dtensors
+
+    def _replaced(self, slot: _Slot, members: frozenset[int] | None) -> _Slot:
+        """``slot``'s parameter is no longer the one at its place: bind the live one. A direct
+        apply() projects it (the registration is kept, so hooks still see the change); a hook
+        adopts it when its optimizer updates it, and raises when the optimizer holds the old
+        tensor."""
+        fresh = _rebind(slot)
+        if members is None:
+            return fresh
+        if id(fresh.parameter) not in members and id(slot.parameter) in members:
+            raise RuntimeError(
+                f"{slot.name} was replaced by a new tensor after it was constrained (e.g. "
+                "load_state_dict(..., assign=True), or module.weight = nn.Parameter(...)), and "
+                "this optimizer still holds the old one: the step updated a tensor the model no "
+                "longer uses, and the new one is neither trained nor constrained. Create the "
+                "optimizer (and attach the constraints) after replacing parameters, or load with "
+                "assign=False, which copies the values into the existing tensors"
+            )
+        slot.take(fresh)
+        return slot
+
+    def _project(self, items: list[tuple], dtensors: list[_Slot]) -> None:
+        with torch.no_grad():
+            for slot in dtensors:
+                tensor = slot.parameter
+                tensor = tensor if slot.view is None else tensor.view(slot.view)
+                _project_dtensor_(tensor, slot.constraint, slot.dims)
+            if items:
+                (_compiled_projection() if self.compile else _project_all_)(items)
+
+    def _step(self, optimizer: torch.optim.Optimizer, hook: _StepHook) -> None:
+        self._project(*self._plan(hook.members(optimizer)))
 
     def apply(self) -> None:
         """Project every registered tensor now (after loading a checkpoint, after swapping in
-        averaged EMA/SWA weights, ...)."""
-        local = []
-        with torch.no_grad():
-            for entry in self._entries:
-                if _is_dtensor(entry.parameter):
-                    tensor = entry.parameter
-                    tensor = tensor if entry.view is None else tensor.view(entry.view)
-                    _project_dtensor_(tensor, entry.constraint, entry.dims)
-                else:
-                    local.append((entry.parameter, entry.view, entry.constraint))
-            if local:
-                (_compiled_projection() if self.compile else _project_all_)(local)
+        averaged EMA/SWA weights, ...), frozen ones included.
+
+        Every entry is checked first; a parameter replaced in its module since it was
+        registered is projected in its new form, and one that became a computed weight
+        (a parametrization added since) raises. Nothing is projected when one entry raises.
+        """
+        self._project(*self._plan(None))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Project after every step of ``optimizer`` that happens.
 
         Uses ``Optimizer.register_step_post_hook``: a step that is skipped (an AMP
         ``GradScaler`` that found inf/NaN gradients does not call ``step``) projects nothing.
+        A step projects what it updated: the registered tensors in ``optimizer``'s param groups
+        that have a gradient. A copy of the optimizer (``copy.deepcopy``, ``torch.save`` of the
+        object) does not carry the hook: attach again to the copy.
 
         Returns:
             The hook's handle; ``handle.remove()`` detaches the registry.
         """
-        return optimizer.register_step_post_hook(lambda opt, args, kwargs: self.apply())
+        _check_optimizer(optimizer, "attach")
+        hook = _StepHook(self, optimizer)
+        self._hooks = [h for h in self._hooks if h.attached() is not None]
+        self._hooks.append(hook)
+        return optimizer.register_step_post_hook(hook)
 
 
 def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, module)`` for every supported module, and for every other module with
     parameters of its own (normalisation layers excepted). Supported modules are not descended
     into (``MultiheadAttention`` owns its ``out_proj``)."""
-    if isinstance(module, _SUPPORTED_TYPES):
+    if _supported(module):
         yield prefix, module
         return
     if not isinstance(module, _NO_ROLE_TYPES) and any(
@@ -516,10 +1062,11 @@ def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]
 def constrain(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    *,
     kernel: Any = None,
     recurrent: Any = None,
     bias: Any = None,
-    *,
+    embedding: Any = None,
     skip_unknown: bool = False,
     compile: bool = False,
 ) -> Constraints:
@@ -528,27 +1075,38 @@ def constrain(
     Adding a constraint to an existing model is one line. Normalisation layers and ``PReLU``
     have no kernel or bias in this sense and are passed over; a module with parameters of its
     own whose type is not supported raises a TypeError naming it, unless ``skip_unknown=True``.
-    A role that no submodule has raises a ValueError.
+    A role that no submodule has raises a ValueError. A weight tied between two modules (an
+    embedding and an output head) is constrained once. The constraints are keyword-only:
+    ``constrain(model, optimizer, kernel=MaxNorm(3))``.
 
     Args:
         model: The model (``torch.compile``, DDP and FSDP2-wrapped models work).
         optimizer: The optimizer to attach to; ``None`` to attach later with
             :meth:`Constraints.attach`.
-        kernel: The constraint for input weights (Linear, Conv, ConvTranspose, Embedding,
-            RNN ``weight_ih``, attention projections).
+        kernel: The constraint for input weights (Linear, Conv, ConvTranspose, RNN
+            ``weight_ih``, attention projections, transformers' ``Conv1D``), and for embedding
+            tables unless ``embedding`` is given.
         recurrent: The constraint for recurrent weights (RNN ``weight_hh``, LSTM ``weight_hr``).
         bias: The constraint for bias vectors, each one norm over the whole vector.
+        embedding: The constraint for embedding tables (``Embedding``, ``EmbeddingBag``), one
+            norm per embedding vector.
         skip_unknown: Pass over unsupported modules instead of raising.
         compile: Project through ``torch.compile`` (see :class:`Constraints`).
 
     Returns:
         The registry (its hook is attached when ``optimizer`` is given).
     """
-    wanted = {"kernel": kernel, "recurrent": recurrent, "bias": bias}
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"constrain() expects an nn.Module, got {type(model).__name__}")
+    if optimizer is not None:
+        _check_optimizer(optimizer, "constrain")
+    raw = {"kernel": kernel, "recurrent": recurrent, "bias": bias, "embedding": embedding}
+    wanted = resolve_roles(**raw)
     registry = Constraints(compile=compile)
     found = set()
+    new: list[_Slot] = []
     for name, module in _walk(model):
-        if not isinstance(module, _SUPPORTED_TYPES):
+        if not _supported(module):
             if skip_unknown:
                 continue
             raise TypeError(
@@ -558,12 +1116,308 @@ def constrain(
             )
         layout = _layout(module)
         present = {role: c for role, c in wanted.items() if c is not None and layout[role]}
-        if present:
-            registry.add(module, **present, name=name or type(module).__name__)
-            found.update(present)
-    missing = [role for role, c in wanted.items() if c is not None and role not in found]
+        new.extend(_module_slots(module, present, name or type(module).__name__))
+        found.update(present)
+    if embedding is None and "embedding" in found:
+        found.add("kernel")  # the tables took the kernel constraint
+    missing = [role for role in explicit_roles(raw) if role not in found]
     if missing:
         raise ValueError(f"no module of {type(model).__name__} has {' or '.join(missing)} weights")
+    registry._extend(new)
     if optimizer is not None:
         registry.attach(optimizer)
     return registry
+
+
+# -- the audit -----------------------------------------------------------------------------------
+
+
+class _Found(NamedTuple):
+    name: str
+    parameter: torch.Tensor
+    places: list[tuple[nn.Module, str, str]]
+
+
+def _model_parameters(model: nn.Module) -> list[_Found]:
+    """Every parameter of ``model`` once, with every ``(module, attribute, name)`` holding it."""
+    found: dict[int, _Found] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for attr, parameter in module._parameters.items():
+            if parameter is None:
+                continue
+            name = f"{prefix}.{attr}" if prefix else attr
+            if id(parameter) not in found:
+                found[id(parameter)] = _Found(name, parameter, [])
+            found[id(parameter)].places.append((module, attr, name))
+    return list(found.values())
+
+
+def _live_hooks(registry: Constraints) -> list[tuple[_StepHook, torch.optim.Optimizer]]:
+    return [(h, o) for h in registry._hooks if (o := h.attached()) is not None]
+
+
+def _choose(
+    candidates: list[tuple[Constraints, _Slot]], optimizer: torch.optim.Optimizer | None
+) -> tuple[Constraints, _Slot] | None:
+    """The registration that matters for ``optimizer``: one attached to it (to any optimizer
+    when None), else the first one."""
+    for registry, slot in candidates:
+        optimizers = [o for _, o in _live_hooks(registry)]
+        if (optimizer is None and optimizers) or any(o is optimizer for o in optimizers):
+            return registry, slot
+    return candidates[0] if candidates else None
+
+
+def _status(
+    registry: Constraints,
+    slot: _Slot,
+    parameter: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None,
+    members: Any,
+) -> tuple[bool, str]:
+    """Whether the next step of ``optimizer`` (of any optimizer the registry is attached to,
+    when None) projects ``parameter``, and why not. ``members(optimizer)`` gives the ids of
+    an optimizer's tensors."""
+    try:
+        fresh = _rebind(slot)
+    except (TypeError, ValueError) as error:
+        return False, str(error).split(":")[0]
+    replaced = fresh.parameter is not slot.parameter
+    optimizers = [o for _, o in _live_hooks(registry)]
+    if optimizer is not None:
+        if not any(o is optimizer for o in optimizers):
+            where = " (it is attached to another one)" if optimizers else ""
+            return False, (
+                f"its registry is not attached to this optimizer{where}; a copy of an optimizer "
+                "(deepcopy, torch.save/load) loses its step hooks: attach again"
+            )
+        optimizers = [optimizer]
+    elif not optimizers:
+        return False, "its registry is attached to no optimizer (apply() projects it)"
+    if not any(id(parameter) in members(o) for o in optimizers):
+        if replaced and any(id(slot.parameter) in members(o) for o in optimizers):
+            return False, (
+                "replaced after it was constrained (assign=True?) and the optimizer holds the "
+                "old tensor: the next step raises"
+            )
+        return False, "not in the optimizer's param groups: not updated, not projected"
+    if not parameter.requires_grad:
+        return False, "frozen (requires_grad=False): not updated, not projected"
+    return True, "replaced since constrain(); the next step binds it" if replaced else ""
+
+
+def _violation(slot: _Slot, parameter: torch.Tensor) -> float:
+    with torch.no_grad():
+        tensor = parameter.detach()
+        if _is_dtensor(tensor):
+            tensor = tensor.full_tensor()
+        if slot.view is not None:
+            tensor = tensor.reshape(slot.view)
+        weight = tensor.to("cpu", torch.float64).numpy()
+    axes = slot.dims if hasattr(slot.constraint, "axis") else None
+    return worst_violation(slot.constraint, weight, axes)
+
+
+def _registrations(
+    model: nn.Module,
+) -> tuple[dict[int, list[tuple[Constraints, _Slot]]], dict[tuple[int, str], list[tuple]]]:
+    by_id: dict[int, list[tuple[Constraints, _Slot]]] = {}
+    by_place: dict[tuple[int, str], list[tuple[Constraints, _Slot]]] = {}
+    for registry in list(_REGISTRIES):
+        for slot in registry._slots:
+            by_id.setdefault(id(slot.parameter), []).append((registry, slot))
+            for owner, attr, _ in slot.places:
+                by_place.setdefault((id(owner), attr), []).append((registry, slot))
+    return by_id, by_place
+
+
+def _default_dims(module: nn.Module, attr: str) -> tuple[int, ...] | None:
+    try:
+        return per_node_dims(module, attr)
+    except (TypeError, ValueError):
+        return None
+
+
+def audit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    strict: bool = False,
+    tol: float = 1e-5,
+) -> Audit:
+    """One row per parameter of ``model``: its constraint, and whether the next step projects it.
+
+    A row is *active* when a registry holding the parameter is attached to ``optimizer`` (to
+    any live optimizer when ``None``), the parameter is in that optimizer's param groups, it
+    requires grad, and it is still the tensor the module uses (not replaced, not turned into a
+    computed weight by a parametrization). The hook then projects it after every step in which
+    it gets a gradient. ``violation`` is the largest distance of a node from the constraint's
+    set now. Computing it copies every constrained weight to the host: this is for checks and
+    logs, not for the training step.
+
+    Args:
+        model: The model.
+        optimizer: The optimizer whose next step is meant; ``None`` for any.
+        strict: Raise a RuntimeError listing every constrained parameter that is not active or
+            is violated by more than ``tol``.
+        tol: The tolerance of ``strict``, relative to the constraint's scale; at least the
+            rounding of the weight's dtype (2 eps: ``2**-7`` for bfloat16).
+
+    Returns:
+        The rows (a list that prints as a table; ``.problems(tol)`` lists what ``strict``
+        raises for).
+
+    Example:
+        >>> import torch
+        >>> from weight_constraints import MaxNorm
+        >>> from weight_constraints.adapters.torch import audit, constrain
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> _ = constrain(model, optimizer, kernel=MaxNorm(1.0))
+        >>> print(audit(model, optimizer))  # doctest: +NORMALIZE_WHITESPACE
+        weight    shape  constraint                      axes  active  violation  note
+        0.weight  3x4    MaxNorm(max_value=1.0, axis=1)  1     yes     0
+        0.bias    3      -                               0     -       -
+        1.weight  3      -                               -     -       -
+        1.bias    3      -                               -     -       -
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"audit() expects an nn.Module, got {type(model).__name__}")
+    if optimizer is not None:
+        _check_optimizer(optimizer, "audit")
+    members = functools.cache(_param_ids)
+    rows = Audit()
+    shown = set()
+    inventory = _inventory(model, optimizer)
+    for record, chosen in inventory:
+        shape = tuple(record.parameter.shape)
+        tied = ", ".join(name for _, _, name in record.places[1:])
+        if chosen is None:
+            module, attr, _ = record.places[0]
+            dims = _default_dims(module, attr)
+            note = f"tied: also {tied}" if tied else ""
+            marks = [m.__dict__.get(_MARK, {}).get(a) for m, a, _ in record.places]
+            mark = next((m for m in marks if m is not None), None)
+            if mark is not None:
+                note = (
+                    "constrained before this module was copied or reloaded; no registry holds "
+                    "this tensor (registries and hooks are not copied): constrain the copy"
+                )
+                rows.append(AuditRow(record.name, shape, mark[0], mark[1], False, None, note))
+                continue
+            rows.append(AuditRow(record.name, shape, None, dims, False, None, note))
+            continue
+        registry, slot = chosen
+        shown.add(id(slot))
+        active, note = _status(registry, slot, record.parameter, optimizer, members)
+        notes = [note, f"tied: also {tied}" if tied else ""]
+        same = record.parameter.shape == slot.shape
+        violation = _violation(slot, record.parameter) if same else None
+        note = "; ".join(n for n in notes if n)
+        rows.append(
+            AuditRow(record.name, shape, slot.constraint, slot.dims, active, violation, note)
+        )
+    for _, slot in _orphans(model):
+        if id(slot) in shown:
+            continue
+        try:
+            _rebind(slot)
+            note = ""
+        except (TypeError, ValueError) as error:
+            note = str(error).split(":")[0]
+        rows.append(
+            AuditRow(slot.name, tuple(slot.shape), slot.constraint, slot.dims, False, None, note)
+        )
+    if strict:
+        # A weight projected in half precision rounds to its dtype: within 2 eps is satisfied.
+        rounding = {r.name: 2 * torch.finfo(r.parameter.dtype).eps for r, _ in inventory}
+        check_strict(
+            Audit(r for r in rows if not _within(r, max(tol, rounding.get(r.name, 0.0)))), tol
+        )
+    return rows
+
+
+def _within(row: AuditRow, tol: float) -> bool:
+    """Whether ``row`` is active and satisfied within ``tol`` (relative to its scale)."""
+    return row.constraint is not None and not Audit([row]).problems(tol)
+
+
+def _inventory(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> list[tuple[_Found, tuple[Constraints, _Slot] | None]]:
+    """Each parameter of ``model`` with the registration that constrains it, if any."""
+    by_id, by_place = _registrations(model)
+    result = []
+    for record in _model_parameters(model):
+        candidates = list(by_id.get(id(record.parameter), []))
+        for module, attr, _ in record.places:
+            candidates += by_place.get((id(module), attr), [])
+        result.append((record, _choose(candidates, optimizer)))
+    return result
+
+
+def _orphans(model: nn.Module) -> list[tuple[Constraints, _Slot]]:
+    """Registrations whose place in ``model`` holds no parameter any more (a parametrization
+    or a weight-norm hook added after ``constrain()``)."""
+    modules = {id(m) for m in model.modules()}
+    found = []
+    seen = set()
+    for registry in list(_REGISTRIES):
+        for slot in registry._slots:
+            for owner, attr, _ in slot.places:
+                if (
+                    id(owner) in modules
+                    and owner._parameters.get(attr) is None
+                    and id(slot) not in seen
+                ):
+                    seen.add(id(slot))
+                    found.append((registry, slot))
+    return found
+
+
+def norm_stats(target: Constraints | nn.Module) -> dict[str, float]:
+    """Per-weight norm statistics as a flat dict, for any logger.
+
+    For a registry, every entry; for a model, every parameter with per-node dims (from its
+    constraint, or its module type when it has none). Keys are ``"<name>/norm_max"``,
+    ``"<name>/norm_mean"`` and, for constrained weights, ``"<name>/violation"`` (the largest
+    distance of a node from the constraint's set). The values are Python floats: this copies
+    to the host and synchronises with the device, so call it when you log, not in the training
+    step.
+
+    Example:
+        >>> import torch
+        >>> from weight_constraints import MaxNorm
+        >>> from weight_constraints.adapters.torch import Constraints, norm_stats
+        >>> w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+        >>> norm_stats(Constraints().add(w, MaxNorm(2.0), dims=1, name="w"))
+        {'w/norm_max': 5.0, 'w/norm_mean': 3.0, 'w/violation': 3.0}
+    """
+    sources: list[tuple[str, torch.Tensor, tuple | None, Any, _Slot | None]] = []
+    if isinstance(target, Constraints):
+        for slot in target._slots:
+            sources.append((slot.name, slot.parameter, slot.dims, slot.view, slot))
+    elif isinstance(target, nn.Module):
+        for record, chosen in _inventory(target, None):
+            if chosen is not None and chosen[1].shape == record.parameter.shape:
+                slot = chosen[1]
+                sources.append((record.name, record.parameter, slot.dims, slot.view, slot))
+                continue
+            module, attr, _ = record.places[0]
+            dims = _default_dims(module, attr)
+            if dims is not None:
+                sources.append((record.name, record.parameter, dims, None, None))
+    else:
+        raise TypeError(
+            f"norm_stats() expects a Constraints registry or an nn.Module, got {target!r}"
+        )
+    stats: dict[str, float] = {}
+    for name, tensor, dims, view, slot in sources:
+        with torch.no_grad():
+            viewed = tensor.detach() if view is None else tensor.detach().reshape(view)
+            norms = node_norms(viewed, dims).double()
+        stats[f"{name}/norm_max"] = float(norms.max()) if norms.numel() else 0.0
+        stats[f"{name}/norm_mean"] = float(norms.mean()) if norms.numel() else 0.0
+        if slot is not None:
+            stats[f"{name}/violation"] = _violation(slot, tensor)
+    return stats

@@ -260,7 +260,7 @@ def bad_adds():
         (nn.Linear(3, 4), dict(recurrent=wc.UnitNorm()), ValueError, "Linear .* has no recurrent"),
         (nn.Linear(3, 4, bias=False), dict(bias=wc.MaxNorm()), ValueError, "has no bias"),
         (nn.BatchNorm1d(4), dict(kernel=wc.MaxNorm()), TypeError, "BatchNorm1d is not a supported"),
-        (linear, dict(kernel=wc.MaxNorm(3, axis=1)), ValueError, r"explicit axis.*dims="),
+        (linear, dict(kernel=wc.MaxNorm(3, axis=0)), ValueError, r"explicit axis=0, but one norm"),
         (
             torch.ones(3, 4, dtype=torch.int64),
             dict(constraint=wc.MaxNorm(), dims=1),
@@ -273,7 +273,7 @@ def bad_adds():
         (torch.randn(3, 4), dict(constraint=wc.MaxNorm()), ValueError, "needs dims="),
         (torch.randn(3, 4), dict(constraint=wc.MaxNorm(axis=1), dims=0), ValueError, "differs"),
         (torch.randn(3, 4), dict(constraint="maxnorm", dims=0), ValueError, "known names"),
-        (nn.Linear(3, 4), dict(constraint=wc.MaxNorm()), TypeError, "kernel=, recurrent=, bias="),
+        (nn.Linear(3, 4), dict(constraint=wc.MaxNorm()), TypeError, "kernel=, recurrent=, bias=,"),
         (torch.randn(3), dict(kernel=wc.MaxNorm()), TypeError, "need a module"),
         (nn.LazyLinear(3), dict(kernel=wc.MaxNorm()), ValueError, "forward pass"),
         ("weights", dict(constraint=wc.MaxNorm(), dims=0), TypeError, "nn.Module or a tensor"),
