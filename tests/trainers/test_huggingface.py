@@ -95,3 +95,35 @@ def test_transformers_trainer_with_a_constrained_optimizer(tmp_path):
     assert check.steps == 4
     rows = audit(model, optimizer)
     assert sorted(row.name for row in rows if row.active) == sorted(e.name for e in registry)
+
+
+class AttachOnTrainBegin(TrainerCallback):
+    """For a Trainer that builds its own optimizer: attach when training begins. Trainer hands
+    callbacks accelerate's wrapper; the torch optimizer it steps is ``optimizer.optimizer``."""
+
+    def __init__(self) -> None:
+        self.optimizer = None
+        self.steps = 0
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.optimizer = optimizer.optimizer
+        constrain(model, self.optimizer, kernel=wc.MaxNorm(0.5))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        check_kernels(model, 0.5)
+        assert audit(model, self.optimizer).problems(tol=1e-6) == []
+        self.steps += 1
+
+
+def test_transformers_trainer_with_a_callback_that_attaches(tmp_path):
+    model = tiny_gpt2()
+    check_kernels(model, 0.5, holds=False)
+    ids = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(2))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    attach = AttachOnTrainBegin()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, use_cpu=True,
+        report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[attach]).train()
+    assert attach.steps == 2
