@@ -165,6 +165,8 @@ def _role(
     Raises:
         _Unknown: The leaf could have a role but its axes cannot be read.
     """
+    if not names:
+        raise _Unknown("an array outside a container has no name")
     name = names[-1]
     parent = names[-2] if len(names) > 1 else ""
     norm_layer = "scale" in siblings or parent.startswith(_NORM_PREFIXES)
@@ -242,28 +244,16 @@ class _Projection:
         siblings: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         children: dict[tuple[str, ...], set[str]] = {}
         for names, (_, leaf) in zip(paths, flat, strict=True):
-            siblings.setdefault(names[:-1], {})[names[-1]] = tuple(np.shape(leaf))
+            siblings.setdefault(names[:-1], {})[names[-1] if names else ""] = np.shape(leaf)
             for depth in range(len(names)):
                 children.setdefault(names[:depth], set()).add(names[depth])
         plans, unknown, used_rules, found = [], [], set(), set()
         for names, (_, leaf) in zip(paths, flat, strict=True):
             where = "/".join(names)
             shape = tuple(np.shape(leaf))
-            matches = [rule for rule in self.rules if rule[1].fullmatch(where)]
-            if len(matches) > 1:
-                listed = ", ".join(repr(rule[0]) for rule in matches)
-                raise ValueError(f"{where} matches several rules ({listed}); make them exclusive")
-            if matches:
-                pattern, _, constraint, axis = matches[0]
-                used_rules.add(pattern)
-                if constraint is None:
-                    plans.append(_Leaf(where, shape, None, None, f"left alone by rule {pattern!r}"))
-                    continue
-                self._check_floating(leaf, where, f"rule {pattern!r}")
-                axes = bind_axes(constraint, _rule_axes(axis, shape, where), shape, where)
-                plans.append(
-                    _Leaf(where, shape, _bound(constraint, axes), axes, f"rule {pattern!r}")
-                )
+            by_rule = self._by_rule(where, shape, leaf, used_rules)
+            if by_rule is not None:
+                plans.append(by_rule)
                 continue
             could_be = _ROLES_OF_NAME.get(names[-1], ROLES) if names else ROLES
             if not _is_floating(leaf):
@@ -309,6 +299,23 @@ class _Projection:
         if missing:
             raise ValueError(f"no parameter has the role {' or '.join(missing)}")
         return [leaf for _, leaf in flat], treedef, plans
+
+    def _by_rule(self, where: str, shape: tuple[int, ...], leaf: Any, used: set[str]) -> Any:
+        """How the rule matching ``where`` projects the leaf (``None``: no rule matches); the
+        rule's pattern is added to ``used``."""
+        matches = [rule for rule in self.rules if rule[1].fullmatch(where)]
+        if len(matches) > 1:
+            listed = ", ".join(repr(rule[0]) for rule in matches)
+            raise ValueError(f"{where} matches several rules ({listed}); make them exclusive")
+        if not matches:
+            return None
+        pattern, _, constraint, axis = matches[0]
+        used.add(pattern)
+        if constraint is None:
+            return _Leaf(where, shape, None, None, f"left alone by rule {pattern!r}")
+        self._check_floating(leaf, where, f"rule {pattern!r}")
+        axes = bind_axes(constraint, _rule_axes(axis, shape, where), shape, where)
+        return _Leaf(where, shape, _bound(constraint, axes), axes, f"rule {pattern!r}")
 
     @staticmethod
     def _check_floating(leaf: Any, where: str, by: str) -> None:

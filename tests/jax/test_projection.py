@@ -242,6 +242,14 @@ def test_unknown_leaves_raise_naming_the_path_unless_skipped(tree, message):
     projection(kernel=wc.MaxNorm(1.0), rules=skip)(params)  # skipped explicitly: no error
 
 
+def test_a_bare_array_needs_a_rule():
+    w = jnp.full((2, 3), 2.0)
+    with pytest.raises(ValueError, match=r" \(2, 3\): an array outside a container has no name"):
+        projection(kernel=wc.MaxNorm(1.0))(w)
+    out = projection(rules={"": (wc.MaxNorm(1.0), 0)})(w)  # its path is the empty string
+    np.testing.assert_allclose(wc.node_norms(np.asarray(out)), 1.0, rtol=1e-6)
+
+
 def test_unknown_leaf_of_a_role_not_asked_is_not_an_error():
     params = {"Einsum_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.full(4, 2.0)}}
     out = projection(bias=wc.MaxNorm(1.0))(params)
