@@ -12,7 +12,9 @@ the core to the batched weights (``dims=2``). Each repeat is exactly the model o
 (as ``moons_keras.py`` does).
 
 Constraint specs: ``none``, ``unit_norm``, ``non_neg``, ``max_norm:C``,
-``min_max_norm:MIN:MAX[:RATE]``.
+``min_max_norm:MIN:MAX[:RATE]``, and the box, simplex and L1 kinds: ``clip:LOWER:UPPER``,
+``box_max_norm:LOWER:UPPER:C``, ``simplex[:RADIUS]``, ``max_l1_norm:C`` (``inf`` is a number,
+e.g. ``box_max_norm:0:inf:1``).
 
 Example: ``python examples/moons_study.py --backend torch --repeats 30 --out out/study``
 """
@@ -52,6 +54,10 @@ PARSERS = {
     "non_neg": (0, 0, wc.NonNeg),
     "max_norm": (1, 1, wc.MaxNorm),
     "min_max_norm": (2, 3, wc.MinMaxNorm),
+    "clip": (2, 2, lambda *values: wc.Clip(*values)),
+    "box_max_norm": (3, 3, lambda *values: wc.BoxMaxNorm(*values)),
+    "simplex": (0, 1, lambda *values: wc.Simplex(*values)),
+    "max_l1_norm": (1, 1, lambda *values: wc.MaxL1Norm(*values)),
 }
 
 
