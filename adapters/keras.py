@@ -11,10 +11,16 @@ Their ``__call__`` runs the core projection with ``xp=keras.ops``, so it works i
 train step on every backend. They are registered for saving (package ``weight_constraints``).
 
 :func:`constrain` adds constraints to an existing (built or loaded) model, choosing for every
-layer the axes that give one norm per output unit (:func:`per_node_axis`). A constraint given to
-:func:`constrain` must leave ``axis`` at its default (``0``), which is replaced by the layer's
-per-node axes; an explicit axis is honoured only where it *is* the per-node axes, and any other
-axis raises a ValueError saying what to do. An axis is never silently replaced.
+layer the axes that give one norm per output unit (:func:`per_node_axis`) by the rule all adapters
+share: a constraint with its axis left at the default is applied over the per-node axes; an
+explicit axis is honoured only where it *is* the per-node axes, and any other axis raises a
+ValueError saying what to do. An axis is never silently replaced, and neither is a constraint a
+weight already has (``replace=True`` replaces it). :func:`audit` lists every weight with its
+constraint, whether the next step projects it and how far it is from its set;
+:class:`ConstraintStats` logs node-norm statistics during ``fit``.
+
+``get``, ``serialize``, ``deserialize`` and ``Constraint`` complete the ``keras.constraints``
+interface, so the module can replace it wholesale.
 
 Example:
     >>> import keras
@@ -32,37 +38,60 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import string
 from typing import Any, NamedTuple
 
 import keras
+import numpy as np
 from keras import layers as L
 from keras import ops
 
 import weight_constraints as wc
-from weight_constraints._checks import normalize_axes
+from weight_constraints._checks import DEFAULT_AXIS, normalize_axes
+
+from ._rules import (
+    Audit,
+    AuditRow,
+    bind_axes,
+    check_strict,
+    explicit_roles,
+    resolve_roles,
+    worst_violation,
+)
 
 __all__ = [
     "ApplyConstraints",
     "Attached",
+    "Constraint",
+    "ConstraintStats",
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
     "UnitNorm",
     "apply_constraints",
+    "audit",
     "constrain",
+    "constraint_stats",
+    "deserialize",
+    "get",
     "max_norm",
     "min_max_norm",
     "non_neg",
     "per_node_axis",
+    "serialize",
     "to_keras",
     "unit_norm",
 ]
 
 _PACKAGE = "weight_constraints"
 
+Constraint = keras.constraints.Constraint
+"""The base class of Keras constraints (``keras.constraints.Constraint`` itself): subclass it for
+a constraint of your own, as with ``keras.constraints``."""
 
-class _CoreBacked(keras.constraints.Constraint):
+
+class _CoreBacked(Constraint):
     """A Keras constraint that holds a core constraint and projects with ``xp=keras.ops``."""
 
     _core: wc.Constraint
@@ -72,6 +101,14 @@ class _CoreBacked(keras.constraints.Constraint):
 
     def get_config(self) -> dict[str, Any]:
         return self._core.get_config()
+
+    @classmethod
+    def _from_core(cls, core: wc.Constraint) -> _CoreBacked:
+        """The twin of ``core`` as it is: a default axis stays the default (``from_config`` would
+        make it an explicit 0)."""
+        twin = cls.__new__(cls)
+        twin._core = core
+        return twin
 
     @property
     def core(self) -> wc.Constraint:
@@ -102,7 +139,23 @@ class _CoreBacked(keras.constraints.Constraint):
         super().__setattr__(name, value)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+def _register(cls: type[_CoreBacked]) -> type[_CoreBacked]:
+    """Register ``cls`` for saving as ``weight_constraints>Name`` and give it a class name that
+    does not collide with Keras's own.
+
+    Keras writes ``type(obj).__name__`` as a saved object's ``class_name`` and, where the
+    registered name is unknown (a process that has not imported this module),
+    ``keras.constraints.get`` looks the ``class_name`` up among its own classes: a saved
+    ``MaxNorm`` would silently load as ``keras.constraints.MaxNorm``. With the class name
+    ``weight_constraints.MaxNorm`` Keras finds no such class and the loading fails with an error
+    naming this module instead. ``__qualname__`` stays ``MaxNorm`` (``repr`` of the class, pickle).
+    """
+    keras.saving.register_keras_serializable(package=_PACKAGE, name=cls.__qualname__)(cls)
+    cls.__name__ = f"{_PACKAGE}.{cls.__qualname__}"
+    return cls
+
+
+@_register
 class MaxNorm(_CoreBacked):
     """Per-node max-norm, as ``keras.constraints.MaxNorm`` but exact (see
     :func:`weight_constraints.max_norm`).
@@ -112,14 +165,15 @@ class MaxNorm(_CoreBacked):
         axis (int | tuple[int, ...] | None): The axis or axes each norm is taken over: 0 for
             a ``Dense`` kernel ``(in, out)``; for a ``Conv2D`` kernel ``(rows, cols, in, out)``
             use ``[0, 1, 2]``, for a ``Conv2DTranspose`` kernel ``(rows, cols, out, in)`` use
-            ``[0, 1, 3]`` (:func:`per_node_axis` gives them for any layer).
+            ``[0, 1, 3]`` (:func:`per_node_axis` gives them for any layer). Left at its default,
+            :func:`constrain` applies it over each layer's per-node axes.
     """
 
-    def __init__(self, max_value=2, axis=0):
+    def __init__(self, max_value=2, axis=DEFAULT_AXIS):
         self._core = wc.MaxNorm(max_value, axis)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@_register
 class UnitNorm(_CoreBacked):
     """Per-node unit norm, as ``keras.constraints.UnitNorm`` but exact (see
     :func:`weight_constraints.unit_norm`).
@@ -129,11 +183,11 @@ class UnitNorm(_CoreBacked):
             :class:`MaxNorm`).
     """
 
-    def __init__(self, axis=0):
+    def __init__(self, axis=DEFAULT_AXIS):
         self._core = wc.UnitNorm(axis)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@_register
 class MinMaxNorm(_CoreBacked):
     """Per-node norm in ``[min_value, max_value]``, as ``keras.constraints.MinMaxNorm`` but exact
     (see :func:`weight_constraints.min_max_norm`).
@@ -146,11 +200,11 @@ class MinMaxNorm(_CoreBacked):
             :class:`MaxNorm`).
     """
 
-    def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
+    def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=DEFAULT_AXIS):
         self._core = wc.MinMaxNorm(min_value, max_value, rate, axis)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@_register
 class NonNeg(_CoreBacked):
     """Non-negative weights, as ``keras.constraints.NonNeg``."""
 
@@ -170,14 +224,103 @@ _TWINS: dict[type[wc.Constraint], type[_CoreBacked]] = {
     wc.NonNeg: NonNeg,
 }
 
+# Keras's own classes and their core counterparts.
+_KERAS_BUILTINS: dict[type, type[wc.Constraint]] = {
+    keras.constraints.MaxNorm: wc.MaxNorm,
+    keras.constraints.UnitNorm: wc.UnitNorm,
+    keras.constraints.MinMaxNorm: wc.MinMaxNorm,
+    keras.constraints.NonNeg: wc.NonNeg,
+}
+
 # Core objects used directly as layer constraints save and load too.
 for _core_class in _TWINS:
     keras.saving.register_keras_serializable(package=f"{_PACKAGE}.core")(_core_class)
+
+# The names get() and deserialize() know, as in keras.constraints: class and snake_case names.
+_OBJECTS: dict[str, type] = {
+    **{cls.__qualname__: cls for cls in (*_TWINS.values(), Constraint)},
+    "max_norm": MaxNorm,
+    "unit_norm": UnitNorm,
+    "min_max_norm": MinMaxNorm,
+    "non_neg": NonNeg,
+    "constraint": Constraint,
+}
+
+
+def serialize(constraint: Any) -> Any:
+    """The config of a constraint, as ``keras.constraints.serialize`` writes it.
+
+    Example:
+        >>> from weight_constraints.adapters.keras import MaxNorm, serialize
+        >>> serialize(MaxNorm(3))["registered_name"]
+        'weight_constraints>MaxNorm'
+    """
+    return keras.saving.serialize_keras_object(constraint)
+
+
+def deserialize(config: Any, custom_objects: dict[str, Any] | None = None) -> Any:
+    """A constraint from its config, as ``keras.constraints.deserialize``; the names ``MaxNorm``,
+    ``max_norm``, ... give the classes of this module.
+
+    Example:
+        >>> from weight_constraints.adapters.keras import deserialize
+        >>> deserialize({"class_name": "MaxNorm", "config": {"max_value": 3, "axis": 1}})
+        MaxNorm(max_value=3.0, axis=1)
+    """
+    return keras.saving.deserialize_keras_object(
+        config, module_objects=_OBJECTS, custom_objects=custom_objects
+    )
+
+
+def get(identifier: Any) -> Any:
+    """A constraint from an identifier, as ``keras.constraints.get``: ``None``, a name
+    (``"max_norm"``, ``"MaxNorm"``), a config dict, a class (instantiated with its defaults) or a
+    callable (returned as it is). A core constraint becomes its Keras twin.
+
+    Raises:
+        ValueError: The identifier is not a known name, config or callable.
+
+    Example:
+        >>> import weight_constraints as wc
+        >>> from weight_constraints.adapters.keras import get
+        >>> get("unit_norm"), get(None), get(wc.MaxNorm(3))
+        (UnitNorm(axis=0), None, MaxNorm(max_value=3.0, axis=0))
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, dict):
+        obj = deserialize(identifier)
+    elif isinstance(identifier, str):
+        obj = _OBJECTS.get(identifier)
+    else:
+        obj = identifier
+    if inspect.isclass(obj):
+        obj = obj()
+    if isinstance(obj, wc.Constraint):
+        return to_keras(obj)
+    if callable(obj) and not isinstance(obj, str):
+        return obj
+    raise ValueError(f"Could not interpret constraint identifier: {identifier!r}")
+
+
+def _core_of(constraint: Any) -> wc.Constraint | None:
+    """The core constraint behind ``constraint`` (ours, a core one, or Keras's own), else None."""
+    if isinstance(constraint, _CoreBacked):
+        return constraint.core
+    if isinstance(constraint, wc.Constraint):
+        return constraint
+    builtin = _KERAS_BUILTINS.get(type(constraint))
+    if builtin is not None:
+        return builtin.from_config(constraint.get_config())
+    return None
 
 
 def to_keras(constraint: Any) -> _CoreBacked:
     """The Keras twin of a constraint: a core object, a name, a config, a ``keras.constraints``
     ``MaxNorm``/``UnitNorm``/``MinMaxNorm``/``NonNeg``, or one of ours (returned as is).
+
+    A default axis stays the default; the axis of a ``keras.constraints`` object counts as given
+    (Keras cannot tell its default from an explicit 0).
 
     Example:
         >>> import weight_constraints as wc
@@ -190,18 +333,12 @@ def to_keras(constraint: Any) -> _CoreBacked:
     """
     if isinstance(constraint, _CoreBacked):
         return constraint
-    builtin = {
-        keras.constraints.MaxNorm: wc.MaxNorm,
-        keras.constraints.UnitNorm: wc.UnitNorm,
-        keras.constraints.MinMaxNorm: wc.MinMaxNorm,
-        keras.constraints.NonNeg: wc.NonNeg,
-    }.get(type(constraint))
-    if builtin is not None:
-        constraint = builtin.from_config(constraint.get_config())
-    core = wc.get(constraint)
+    if isinstance(constraint, (str, dict)) or inspect.isclass(constraint):
+        constraint = get(constraint)
+    core = _core_of(constraint)
     if core is None or type(core) not in _TWINS:
         raise ValueError(f"cannot convert {constraint!r} to a weight_constraints constraint")
-    return _TWINS[type(core)].from_config(core.get_config())
+    return _TWINS[type(core)]._from_core(core)
 
 
 # -- per-node axes of Keras layers --------------------------------------------------------------
@@ -229,7 +366,7 @@ _SEPARABLE_CONV = (L.SeparableConv1D, L.SeparableConv2D)
 
 class _Weight(NamedTuple):
     attribute: str  # the layer attribute holding the variable
-    role: str  # kernel, recurrent or bias
+    role: str  # one of ROLES: kernel, recurrent, bias or embedding
     constraint_attribute: str  # the layer attribute holding its constraint
     axes: tuple[int, ...]
 
@@ -261,7 +398,7 @@ def _layout(layer: Any) -> list[_Weight] | None:
     if isinstance(layer, L.EinsumDense):
         return [_Weight("kernel", "kernel", "kernel_constraint", _einsum_axes(layer)), *bias]
     if isinstance(layer, L.Embedding):
-        return [_Weight("embeddings", "kernel", "embeddings_constraint", (1,))]
+        return [_Weight("embeddings", "embedding", "embeddings_constraint", (1,))]
     if isinstance(layer, _CONV_TRANSPOSE):
         rank = _rank(layer, "kernel")  # kernel_size + (filters, in)
         axes = (*range(rank - 2), rank - 1)
@@ -362,29 +499,45 @@ def _walk(layer: Any, path: str) -> Any:
         yield from _walk(child, f"{path}/{child.name}" if path else child.name)
 
 
-def _for_weight(constraint: _CoreBacked, layer: Any, weight: _Weight, path: str) -> _CoreBacked:
-    """Bind ``constraint`` to the per-node axes of ``weight``; refuse an axis that differs."""
-    if isinstance(constraint, NonNeg):
-        return constraint
-    axes = _axes(layer, weight)
+def _for_weight(constraint: _CoreBacked, layer: Any, weight: _Weight, where: str) -> _CoreBacked:
+    """Bind ``constraint`` to the per-node axes of ``weight`` by the shared rule
+    (:func:`weight_constraints.adapters._rules.bind_axes`)."""
     shape = tuple(_variable(layer, weight.attribute).shape)
-    if constraint.axis != 0 and normalize_axes(constraint.axis, shape) != axes:
-        raise ValueError(
-            f"{constraint!r} has axis={constraint.axis!r}, but one norm per output unit of "
-            f"{path}.{weight.attribute} (shape {shape}) needs axis={axes}. constrain() sets the "
-            "per-node axes itself: leave axis at its default, or set this layer's "
-            f"{weight.constraint_attribute} yourself to use another axis"
-        )
-    return to_keras(type(constraint.core).from_config({**constraint.get_config(), "axis": axes}))
+    axes = bind_axes(constraint.core, _axes(layer, weight), shape, where)
+    if axes is None:  # entry-wise
+        return constraint
+    core = type(constraint.core).from_config({**constraint.get_config(), "axis": axes})
+    return to_keras(core)
+
+
+def _same(existing: Any, bound: _CoreBacked, shape: tuple[int, ...]) -> bool:
+    """Whether the constraint already on a weight is ``bound`` (the same projection, axes
+    compared on ``shape``): Keras's own classes are not, they are not exact."""
+    core = existing.core if isinstance(existing, _CoreBacked) else existing
+    if not isinstance(core, wc.Constraint) or type(core) is not type(bound.core):
+        return False
+    mine, theirs = core.get_config(), bound.core.get_config()
+    if "axis" in mine:
+        if normalize_axes(mine.pop("axis"), shape) != normalize_axes(theirs.pop("axis"), shape):
+            return False
+    return mine == theirs
+
+
+def _existing(layer: Any, weight: _Weight) -> Any:
+    """The constraint a weight already has: on its variable, else in its layer attribute."""
+    variable = _variable(layer, weight.attribute).constraint
+    return variable if variable is not None else getattr(layer, weight.constraint_attribute, None)
 
 
 def constrain(
     model: Any,
+    *positional: Any,
     kernel: Any = None,
     recurrent: Any = None,
     bias: Any = None,
-    *,
+    embedding: Any = None,
     skip_unknown: bool = False,
+    replace: bool = False,
 ) -> list[Attached]:
     """Attach constraints to an already built (or loaded) model, with per-node axes per layer.
 
@@ -395,26 +548,48 @@ def constrain(
     passed over; a layer with weights of its own whose layout is unknown raises a ValueError
     naming it, unless ``skip_unknown=True``.
 
+    The axis rule is the one every adapter shares (``weight_constraints.adapters._rules``): a
+    constraint with its axis left at the default is applied over each weight's per-node axes;
+    an explicit axis is honoured where it names the per-node axes and refused otherwise. The
+    axis of a ``keras.constraints`` object counts as given.
+
     Args:
         model: A built Keras model or layer.
         kernel: The constraint of the input weights (kernels, depthwise and pointwise kernels,
-            embeddings): one of our constraints, a core one, a name, or a ``keras.constraints``
-            MaxNorm/UnitNorm/MinMaxNorm/NonNeg. Leave its axis at the default.
+            and embedding tables unless ``embedding`` is given): one of our constraints, a core
+            one, a name, or a ``keras.constraints`` MaxNorm/UnitNorm/MinMaxNorm/NonNeg.
         recurrent: The constraint of the recurrent kernels of RNN cells.
         bias: The constraint of the biases: one norm over each whole bias.
+        embedding: The constraint of the embedding tables (one norm per embedding vector);
+            defaults to ``kernel``.
         skip_unknown: Pass over layers whose layout is unknown instead of raising.
+        replace: Replace a different constraint a weight already has (otherwise an error).
 
     Returns:
         What was attached, one entry per variable.
 
     Raises:
+        TypeError: A role was passed by position (the roles are keyword-only; unlike the
+            PyTorch adapter's, this ``constrain`` takes no optimizer).
         ValueError: The model is not built, a layer's layout is unknown, a constraint has an
-            axis that is not the per-node one, or no layer has a requested role. Nothing is
+            explicit axis that is not the per-node one, a weight already has a different
+            constraint (without ``replace=True``), or no layer has a requested role. Nothing is
             attached when it raises.
     """
+    if positional:
+        given = ", ".join(type(p).__qualname__ for p in positional)
+        hint = (
+            " Keras optimizers apply the variables' constraints themselves: pass no optimizer."
+            if any(isinstance(p, keras.optimizers.Optimizer) for p in positional)
+            else ""
+        )
+        raise TypeError(
+            "constrain(model, *, kernel=..., recurrent=..., bias=..., embedding=...) takes the "
+            f"roles by keyword; got {len(positional)} more positional argument(s): {given}.{hint}"
+        )
     wanted = {
         role: to_keras(c)
-        for role, c in (("kernel", kernel), ("recurrent", recurrent), ("bias", bias))
+        for role, c in resolve_roles(kernel, recurrent, bias, embedding).items()
         if c is not None
     }
     if not model.built:
@@ -431,16 +606,35 @@ def constrain(
                 "skip_unknown=True"
             )
         for weight in layout:
-            if weight.role in wanted:
-                bound = _for_weight(wanted[weight.role], layer, weight, path)
-                plan.append((path, layer, weight, bound))
-    missing = set(wanted) - {weight.role for _, _, weight, _ in plan}
+            if weight.role not in wanted:
+                continue
+            where = f"{path or layer.name}.{weight.attribute}"
+            bound = _for_weight(wanted[weight.role], layer, weight, where)
+            existing = _existing(layer, weight)
+            shape = tuple(_variable(layer, weight.attribute).shape)
+            if existing is not None and not replace and not _same(existing, bound, shape):
+                raise ValueError(
+                    f"{where} already has the constraint {existing!r}; constrain() would "
+                    f"replace it with {bound!r}. Pass replace=True to replace it, or leave this "
+                    "role out and set the constraints you want yourself."
+                )
+            plan.append((where, layer, weight, bound))
+    found = {weight.role for _, _, weight, _ in plan}
+    if embedding is None and "embedding" in found:
+        found.add("kernel")  # embedding tables took the kernel constraint
+    asked = explicit_roles(
+        {"kernel": kernel, "recurrent": recurrent, "bias": bias, "embedding": embedding}
+    )
+    missing = [role for role in asked if role not in found]
     if missing:
-        raise ValueError(f"no layer of {model.name} has {' or '.join(sorted(missing))} weights")
+        raise ValueError(f"no layer of {model.name} has {' or '.join(missing)} weights")
     for _, layer, weight, bound in plan:
         setattr(layer, weight.constraint_attribute, bound)
         _variable(layer, weight.attribute).constraint = bound
-    return [Attached(path, weight.attribute, bound) for path, _, weight, bound in plan]
+    return [
+        Attached(where.rpartition(".")[0], weight.attribute, bound)
+        for where, _, weight, bound in plan
+    ]
 
 
 # -- projecting now, and after EMA -------------------------------------------------------------
@@ -474,3 +668,148 @@ class ApplyConstraints(keras.callbacks.Callback):
 
     def on_train_end(self, logs: Any = None) -> None:
         apply_constraints(self.model)
+
+
+# -- audit and statistics -----------------------------------------------------------------------
+
+
+def _owners(model: Any) -> dict[int, tuple[Any, _Weight]]:
+    """The layer and layout entry of every variable of a known layer, by ``id``."""
+    owners = {}
+    for _, layer in _walk(model, ""):
+        for weight in _layout(layer) or []:
+            owners[id(_variable(layer, weight.attribute))] = (layer, weight)
+    return owners
+
+
+def _row(variable: Any, owner: Any, trainable: set[int], use_ema: bool) -> AuditRow:
+    name, shape = variable.path, tuple(variable.shape)
+    attribute = None
+    if owner is not None:
+        layer, weight = owner
+        attribute = getattr(layer, weight.constraint_attribute, None)
+    constraint = variable.constraint if variable.constraint is not None else attribute
+    if constraint is None:
+        return AuditRow(name, shape, None, None, False, None)
+    notes = []
+    if variable.constraint is None:
+        notes.append(f"only in {owner[1].constraint_attribute}, not on the variable: not applied")
+    elif owner is not None and attribute is None:
+        notes.append(f"not in {owner[1].constraint_attribute}: model.save() drops it")
+    elif owner is not None and attribute is not variable.constraint and attribute != constraint:
+        notes.append(f"{owner[1].constraint_attribute} differs: model.save() keeps that one")
+    if id(variable) not in trainable:
+        notes.append("not trainable: no optimizer step projects it")
+    elif use_ema and variable.constraint is not None:
+        notes.append("use_ema: the averages fit() copies in are not projected (ApplyConstraints)")
+    weights = ops.convert_to_numpy(variable)
+    core = _core_of(constraint)
+    if core is not None:
+        axes = None if "axis" not in core.get_config() else normalize_axes(core.axis, shape)
+        violation = worst_violation(core, weights, axes)
+        if type(constraint) in _KERAS_BUILTINS:
+            notes.append("Keras's own class (not exact)")
+    else:  # a constraint of the user's own: how far it would move an entry
+        axes = None
+        projected = ops.convert_to_numpy(constraint(variable)).astype(np.float64)
+        violation = float(np.max(np.abs(weights.astype(np.float64) - projected), initial=0.0))
+        notes.append("custom constraint: largest entry change")
+    active = variable.constraint is not None and id(variable) in trainable
+    return AuditRow(name, shape, constraint, axes, active, violation, "; ".join(notes))
+
+
+def audit(model: Any, *, strict: bool = False, tol: float = 1e-5) -> Audit:
+    """One row per weight of ``model``: its constraint, axes, whether the next optimizer step
+    projects it, and how far it is from its constraint now.
+
+    A constrained weight is *active* when it is trainable and its variable carries the
+    constraint (Keras's optimizers apply ``variable.constraint`` after each step). The note
+    says what else to know: a constraint only in the layer attribute (not applied) or only on
+    the variable (not saved), a frozen weight, ``use_ema``, Keras's own inexact classes. The
+    violation is the largest distance of a node from its set (host NumPy, float64): for audits,
+    not for the training step.
+
+    Args:
+        model: A built Keras model or layer.
+        strict: Raise when a constrained weight is not active or is violated by more than
+            ``tol`` (relative to ``max_value``).
+        tol: The tolerance of ``strict``.
+
+    Returns:
+        The rows, a list that prints as a table.
+
+    Raises:
+        ValueError: The model is not built.
+        RuntimeError: ``strict=True`` and a constrained weight is inactive or violated.
+
+    Example:
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import MaxNorm, audit
+        >>> model = keras.Sequential([
+        ...     keras.Input((3,)),
+        ...     keras.layers.Dense(2, kernel_constraint=MaxNorm(1e3), name="fc"),
+        ... ], name="mlp")
+        >>> print(audit(model))
+        weight         shape  constraint                        axes  active  violation  note
+        mlp/fc/kernel  3x2    MaxNorm(max_value=1000.0, axis=0)  0     yes     0
+        mlp/fc/bias    2      -                                 -     -       -
+    """
+    if not model.built:
+        raise ValueError(f"{model.name} is not built yet: build or call the model first")
+    owners = _owners(model)
+    trainable = {id(v) for v in model.trainable_variables}
+    use_ema = bool(getattr(getattr(model, "optimizer", None), "use_ema", False))
+    rows = Audit(_row(v, owners.get(id(v)), trainable, use_ema) for v in model.weights)
+    if strict:
+        check_strict(rows, tol)
+    return rows
+
+
+def constraint_stats(model: Any, prefix: str = "constraints/") -> dict[str, float]:
+    """Per-weight statistics of the constrained weights of ``model``: the smallest and largest
+    node norm (``norm_min``, ``norm_max``; not for entry-wise constraints) and the
+    ``violation`` of :func:`audit`, keyed ``f"{prefix}{variable.path}/{statistic}"``.
+
+    Example:
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import UnitNorm, constraint_stats
+        >>> model = keras.Sequential([
+        ...     keras.Input((3,)),
+        ...     keras.layers.Dense(2, kernel_constraint=UnitNorm(), name="fc"),
+        ... ], name="mlp")
+        >>> for key in sorted(constraint_stats(model)):
+        ...     print(key)
+        constraints/mlp/fc/kernel/norm_max
+        constraints/mlp/fc/kernel/norm_min
+        constraints/mlp/fc/kernel/violation
+    """
+    stats = {}
+    for row, variable in zip(audit(model), model.weights, strict=True):
+        if row.constraint is None:
+            continue
+        key = f"{prefix}{row.name}/"
+        if row.axes is not None:
+            weights = ops.convert_to_numpy(variable).astype(np.float64)
+            norms = np.atleast_1d(wc.node_norms(weights, row.axes))
+            stats[key + "norm_min"] = float(norms.min(initial=np.inf))
+            stats[key + "norm_max"] = float(norms.max(initial=0.0))
+        stats[key + "violation"] = row.violation
+    return stats
+
+
+class ConstraintStats(keras.callbacks.Callback):
+    """Add :func:`constraint_stats` to ``logs`` at the end of every epoch, so ``History``,
+    ``CSVLogger`` and ``TensorBoard`` record them. List it before ``CSVLogger`` and
+    ``TensorBoard`` in ``callbacks`` (callbacks see ``logs`` in their order).
+
+    Args:
+        prefix: The start of every key.
+    """
+
+    def __init__(self, prefix: str = "constraints/") -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs.update(constraint_stats(self.model, self.prefix))

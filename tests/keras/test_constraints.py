@@ -11,6 +11,7 @@ from keras import ops
 
 import weight_constraints as wc
 from tests.doctests import run_doctests
+from weight_constraints._checks import is_default_axis
 from weight_constraints.adapters import keras as wk
 
 PAIRS = [
@@ -34,8 +35,44 @@ def test_signatures_are_keras_signatures(ours, theirs):
 def test_snake_case_aliases_as_in_keras():
     for name in ("max_norm", "unit_norm", "min_max_norm", "non_neg"):
         ours, theirs = getattr(wk, name), getattr(keras.constraints, name)
-        assert ours.__name__ == theirs.__name__  # both are the classes
+        assert ours.__qualname__ == theirs.__qualname__  # both are the classes
+        assert ours is getattr(wk, theirs.__qualname__)
     assert wk.max_norm(3) == wk.MaxNorm(3)
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_saved_class_names_do_not_collide_with_keras(ours, theirs):
+    """Keras saves ``type(obj).__name__`` as ``class_name`` and, without the registered name,
+    looks it up among its own classes: the names must differ (see test_saving.py)."""
+    config = wk.serialize(ours())
+    assert config["class_name"] == f"weight_constraints.{theirs.__name__}"
+    assert config["class_name"] not in keras.constraints.__dict__
+    assert config["module"] == "weight_constraints.adapters.keras"
+    assert repr(ours) == f"<class 'weight_constraints.adapters.keras.{theirs.__name__}'>"
+
+
+@pytest.mark.parametrize(
+    "make, explicit",
+    [
+        (lambda: wk.MaxNorm(3), False),
+        (lambda: wk.MaxNorm(3, 0), True),
+        (lambda: wk.MaxNorm(3, axis=0), True),
+        (lambda: wk.UnitNorm(), False),
+        (lambda: wk.UnitNorm(axis=0), True),
+        (lambda: wk.MinMaxNorm(0.5, 1.0), False),
+        (lambda: wk.MinMaxNorm(0.5, 1.0, 1.0, 0), True),
+        (lambda: wk.to_keras("max_norm"), False),
+        (lambda: wk.to_keras(wc.UnitNorm()), False),
+        (lambda: wk.get("min_max_norm"), False),
+        (lambda: wk.to_keras(keras.constraints.MaxNorm(3)), True),  # Keras cannot tell
+    ],
+)
+def test_the_default_axis_stays_the_default(make, explicit):
+    """MaxNorm(3) has the default axis (the per-node axes in constrain()); axis=0 is explicit."""
+    constraint = make()
+    assert constraint.axis == 0 and repr(constraint.axis) == "0"
+    assert is_default_axis(constraint.axis) is not explicit
+    assert is_default_axis(constraint.core.axis) is not explicit
 
 
 def test_attributes_configs_and_repr():
@@ -63,7 +100,7 @@ def test_attributes_configs_and_repr():
 )
 def test_keras_serialize_deserialize_get(constraint):
     config = keras.constraints.serialize(constraint)
-    assert config["registered_name"] == f"weight_constraints>{type(constraint).__name__}"
+    assert config["registered_name"] == f"weight_constraints>{type(constraint).__qualname__}"
     assert keras.constraints.deserialize(config) == constraint
     assert keras.constraints.get(config) == constraint
     assert keras.constraints.get(constraint) is constraint
@@ -152,3 +189,66 @@ def test_exact_where_keras_is_not():
     assert not np.array_equal(shrunk, kernel)
     zero = keras.Variable(np.zeros((3, 2), np.float32))
     np.testing.assert_array_equal(ops.convert_to_numpy(wk.UnitNorm()(zero)), 0.0)
+
+
+# -- every constraint x dtype x input type ---------------------------------------------------------
+
+BACKEND = keras.backend.backend()
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+RTOL = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 2e-6, "float64": 1e-12}
+CONSTRAINTS = [
+    wk.MaxNorm(1.5, axis=0),
+    wk.UnitNorm(axis=0),
+    wk.MinMaxNorm(0.5, 1.5, 0.7, axis=0),
+    wk.NonNeg(),
+]
+
+
+def held_dtype(dtype: str) -> str:
+    """The dtype the backend holds a ``dtype`` array in: JAX without x64 has no float64 and
+    makes it float32 (explicitly, for every input type alike)."""
+    if BACKEND == "jax":
+        import jax
+
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            return "float32"
+    return dtype
+
+
+def sample(dtype: str) -> np.ndarray:
+    """Columns with norms 0 (a zero node), inside every set, and far outside."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 5)) * np.array([0.0, 0.2, 0.8, 3.0, 40.0])
+    w[:, 2] *= 1.0 / np.linalg.norm(w[:, 2])  # norm 1: inside MaxNorm, MinMaxNorm and UnitNorm
+    import ml_dtypes
+
+    return w.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+
+INPUTS = {
+    "variable": lambda w, dtype: keras.Variable(w, dtype=dtype),
+    "tensor": lambda w, dtype: ops.convert_to_tensor(w, dtype=dtype),
+    "numpy": lambda w, dtype: w,
+}
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("constraint", CONSTRAINTS, ids=lambda c: type(c).__qualname__)
+def test_every_dtype_and_input_type(constraint, dtype, kind):
+    """Issue item 12: half-precision backend tensors and NumPy arrays crashed on TensorFlow."""
+    w = sample(dtype)
+    result = constraint(INPUTS[kind](w, dtype))
+    assert keras.backend.standardize_dtype(result.dtype) == held_dtype(dtype)
+    if dtype in ("float16", "bfloat16"):
+        result = ops.cast(result, "float32")  # exact: NumPy has no bfloat16 of its own
+    got = ops.convert_to_numpy(result).astype(np.float64)
+    exact = (w if held_dtype(dtype) == dtype else w.astype(held_dtype(dtype))).astype(np.float64)
+    want = constraint.core(exact)  # the core in float64 on the same values
+    np.testing.assert_allclose(got, want, rtol=RTOL[held_dtype(dtype)], atol=0)
+    if not isinstance(constraint, wk.NonNeg):
+        np.testing.assert_array_equal(got[:, 0], 0.0)  # the zero node stays zero
+        inside = wc.node_norms(exact, 0)
+        if not isinstance(constraint, wk.UnitNorm):
+            keep = (inside >= getattr(constraint, "min_value", 0.0)) & (inside <= 1.5)
+            np.testing.assert_array_equal(got[:, keep], exact[:, keep])  # bit for bit

@@ -12,9 +12,10 @@ import weight_constraints as wc
 from weight_constraints.adapters import keras as wk
 
 BACKEND = keras.backend.backend()
-# jit_compile=True is XLA on TensorFlow; on the torch backend it would be torch.compile, which is
-# the PyTorch adapter's business, so the torch backend runs the eager train step.
-JIT = [False, True] if BACKEND == "tensorflow" else [False]
+# jit_compile=True is XLA on TensorFlow and jax.jit on JAX; on the torch backend it would be
+# torch.compile, which is the PyTorch adapter's business, so the torch backend runs the eager
+# train step.
+JIT = {"tensorflow": [False, True], "jax": [False, True], "torch": [False]}[BACKEND]
 LARGE_LR = 5.0
 
 
@@ -266,14 +267,143 @@ def test_constrain_keeps_the_constraints_through_save_and_load(tmp_path):
     assert conv.bias_constraint == wk.MaxNorm(2, axis=(0,))
 
 
-def test_constrain_refuses_an_axis_that_is_not_per_node():
-    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3)])
-    with pytest.raises(ValueError, match=r"needs axis=\(0, 1, 2\).*leave axis at its default"):
-        wk.constrain(model, kernel=wk.MaxNorm(3, axis=[0, 1]))
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        wk.MaxNorm(3, axis=[0, 1]),
+        wk.MaxNorm(3, axis=0),  # an explicit 0 is not the default: it was silently replaced
+        wc.UnitNorm(axis=0),
+        keras.constraints.MaxNorm(3),  # Keras cannot tell its default: counts as given
+    ],
+    ids=repr,
+)
+def test_constrain_refuses_an_explicit_axis_that_is_not_per_node(constraint):
+    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="conv")])
+    with pytest.raises(ValueError, match=r"explicit axis=.* conv\.kernel .*axes \(0, 1, 2\)"):
+        wk.constrain(model, kernel=constraint)
     assert model.layers[0].kernel_constraint is None  # nothing attached
-    # an explicit axis that is the per-node one is honoured
-    (attached,) = wk.constrain(model, kernel=wk.MaxNorm(3, axis=[0, 1, 2]))
-    assert attached.constraint.axis == (0, 1, 2)
+    assert model.layers[0].kernel.constraint is None
+
+
+@pytest.mark.parametrize(
+    "constraint, axis",
+    [
+        (wk.MaxNorm(3), (0, 1, 2)),  # the default: the per-node axes
+        (wk.MaxNorm(3, axis=[0, 1, 2]), (0, 1, 2)),  # explicit and per-node: honoured
+        (wk.MaxNorm(3, axis=(-4, -3, -2)), (0, 1, 2)),
+        ("max_norm", (0, 1, 2)),
+        (wc.MaxNorm(3), (0, 1, 2)),
+    ],
+    ids=str,
+)
+def test_constrain_binds_by_the_shared_rule(constraint, axis):
+    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3)])
+    (attached,) = wk.constrain(model, kernel=constraint)
+    assert attached.constraint.axis == axis
+    assert model.layers[0].kernel.constraint.axis == axis
+
+
+def test_constrain_honours_an_explicit_axis_0_where_it_is_per_node():
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(4, name="fc")])
+    (attached,) = wk.constrain(model, kernel=keras.constraints.UnitNorm(axis=0))
+    assert attached.constraint == wk.UnitNorm(axis=0)
+
+
+def test_constrain_takes_the_roles_by_keyword_only():
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(4)])
+    with pytest.raises(TypeError, match=r"takes the roles by keyword; .*: MaxNorm\.$"):
+        wk.constrain(model, wk.MaxNorm(3))
+    optimizer = keras.optimizers.SGD()
+    with pytest.raises(TypeError, match=r": SGD\. Keras optimizers .* pass no optimizer\.$"):
+        wk.constrain(model, optimizer, kernel=wk.MaxNorm(3))  # the PyTorch adapter's order
+    assert model.layers[0].kernel.constraint is None
+
+
+def embedding_model():
+    return keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            layers.Embedding(10, 4, name="embed"),
+            layers.Dense(2, name="fc"),
+        ],
+        name="tied",
+    )
+
+
+def test_embedding_tables_take_the_kernel_constraint_unless_embedding_is_given():
+    model = embedding_model()
+    table = {str(a) for a in wk.constrain(model, kernel=wk.MaxNorm(2))}
+    assert table == {
+        "embed.embeddings: MaxNorm(max_value=2.0, axis=1)",
+        "fc.kernel: MaxNorm(max_value=2.0, axis=0)",
+    }
+    model = embedding_model()
+    table = {str(a) for a in wk.constrain(model, kernel=wk.MaxNorm(2), embedding=wk.UnitNorm())}
+    assert table == {
+        "embed.embeddings: UnitNorm(axis=1)",
+        "fc.kernel: MaxNorm(max_value=2.0, axis=0)",
+    }
+    model = embedding_model()
+    (attached,) = wk.constrain(model, embedding="unit_norm")
+    assert str(attached) == "embed.embeddings: UnitNorm(axis=1)"
+    assert model.get_layer("fc").kernel.constraint is None
+    dense = keras.Sequential([keras.Input((3,)), layers.Dense(2)])
+    with pytest.raises(ValueError, match="has embedding weights"):
+        wk.constrain(dense, kernel=wk.MaxNorm(), embedding=wk.UnitNorm())
+    assert dense.layers[0].kernel.constraint is None
+
+
+def test_constrain_never_replaces_a_different_constraint_silently():
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            layers.Dense(4, name="first"),
+            layers.Dense(4, kernel_constraint=wk.NonNeg(), name="second"),
+        ]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"second\.kernel already has the constraint NonNeg\(\); constrain\(\) would "
+        r"replace it with MaxNorm\(max_value=3\.0, axis=0\)\. Pass replace=True",
+    ):
+        wk.constrain(model, kernel=wk.MaxNorm(3))
+    first, second = model.layers
+    assert first.kernel.constraint is None and first.kernel_constraint is None  # nothing attached
+    assert second.kernel.constraint == wk.NonNeg() and second.kernel_constraint == wk.NonNeg()
+    attached = wk.constrain(model, kernel=wk.MaxNorm(3), replace=True)
+    assert [a.constraint for a in attached] == [wk.MaxNorm(3, axis=0)] * 2
+    assert second.kernel.constraint == wk.MaxNorm(3, axis=0) == second.kernel_constraint
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        keras.constraints.MaxNorm(3),  # Keras's own: not the exact projection
+        wk.MaxNorm(3, axis=1),
+        wk.MaxNorm(4),
+        wc.UnitNorm(),
+    ],
+    ids=repr,
+)
+def test_constrain_refuses_any_other_constraint(existing):
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(4, name="fc")])
+    model.layers[0].kernel.constraint = existing  # on the variable only
+    with pytest.raises(ValueError, match=r"fc\.kernel already has the constraint"):
+        wk.constrain(model, kernel=wk.MaxNorm(3))
+    assert model.layers[0].kernel.constraint is existing
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [wk.MaxNorm(3), wk.MaxNorm(3, axis=0), wk.MaxNorm(3, axis=-2), wc.MaxNorm(3, axis=[0])],
+    ids=repr,
+)
+def test_the_same_constraint_already_there_is_fine(existing):
+    model = keras.Sequential(
+        [keras.Input((3,)), layers.Dense(4, kernel_constraint=existing, name="fc")]
+    )
+    (attached,) = wk.constrain(model, kernel=wk.MaxNorm(3))
+    assert attached.constraint == wk.MaxNorm(3, axis=0)
 
 
 def test_constrain_errors():

@@ -46,7 +46,7 @@ for variable in model.trainable_variables:
         "path": variable.path,
         "n_replicas": len(replicas),
         "replicas_equal": all(np.array_equal(replicas[0], r) for r in replicas[1:]),
-        "kind": type(constraint).__name__,
+        "kind": type(constraint).__qualname__,
         "norms": None if constraint is None else (
             np.atleast_1d(wc.node_norms(replicas[0], constraint.axis)).tolist()
         ),

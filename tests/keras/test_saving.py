@@ -1,0 +1,117 @@
+"""Saved models and the processes that load them.
+
+Keras writes a saved object's ``type(obj).__name__`` as its ``class_name``; where the registered
+name is unknown (a process that has not imported the adapter) ``keras.constraints.get`` looks the
+``class_name`` up among Keras's own classes. With our classes named ``MaxNorm`` a model saved
+with exact constraints loaded silently with Keras's inexact ones (issue item 13). Loading must
+give our classes or fail with an error naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from weight_constraints.adapters import keras as wk
+
+LOAD = r"""
+import json, sys
+import keras
+if sys.argv[2] == "import":
+    import weight_constraints.adapters.keras
+try:
+    model = keras.saving.load_model(sys.argv[1])
+    result = {
+        "loaded": [
+            f"{type(c).__module__}.{type(c).__qualname__}"
+            for layer in model.layers
+            for c in (layer.kernel_constraint, layer.bias_constraint)
+        ]
+    }
+except Exception as error:
+    result = {"error": f"{type(error).__name__}: {error}"}
+result["adapter_imported"] = "weight_constraints.adapters.keras" in sys.modules
+print("RESULT " + json.dumps(result))
+"""
+
+
+def load_in_a_fresh_process(path, import_adapter: bool) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    mode = "import" if import_adapter else "no-import"
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            layers.Dense(4, kernel_constraint=wk.MaxNorm(2), bias_constraint=wk.NonNeg()),
+            layers.Dense(2, kernel_constraint=wk.MinMaxNorm(0.5, 1), bias_constraint=wk.UnitNorm()),
+        ]
+    )
+    path = tmp_path_factory.mktemp("saved") / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_a_process_without_the_adapter_gets_an_error_naming_it(saved):
+    result = load_in_a_fresh_process(saved, import_adapter=False)
+    assert not result["adapter_imported"]
+    assert "loaded" not in result, f"loaded silently as {result.get('loaded')}"
+    assert "weight_constraints.adapters.keras" in result["error"]
+    assert "weight_constraints.MaxNorm" in result["error"]
+
+
+def test_a_process_with_the_adapter_gets_our_classes(saved):
+    result = load_in_a_fresh_process(saved, import_adapter=True)
+    module = "weight_constraints.adapters.keras"
+    assert result["loaded"] == [
+        f"{module}.MaxNorm",
+        f"{module}.NonNeg",
+        f"{module}.MinMaxNorm",
+        f"{module}.UnitNorm",
+    ]
+
+
+@pytest.mark.parametrize("name", ["MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg"])
+def test_configs_saved_with_the_former_class_names_still_load_as_ours(name):
+    config = {
+        "module": "weight_constraints.adapters.keras",
+        "class_name": name,
+        "config": {},
+        "registered_name": f"weight_constraints>{name}",
+    }
+    for load in (keras.constraints.get, keras.constraints.deserialize, wk.get, wk.deserialize):
+        assert type(load(config)) is getattr(wk, name)
+
+
+def test_h5_files_do_not_substitute_either(tmp_path):
+    """The legacy HDF5 format writes the same configs: the same error, never a substitute."""
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(2, kernel_constraint=wk.MaxNorm(2))])
+    model.save(tmp_path / "model.h5")
+    result = load_in_a_fresh_process(tmp_path / "model.h5", import_adapter=False)
+    assert "loaded" not in result, f"loaded silently as {result.get('loaded')}"
+    assert "weight_constraints>MaxNorm" in result["error"]
+    loaded = keras.saving.load_model(tmp_path / "model.h5")
+    assert loaded.layers[0].kernel_constraint == wk.MaxNorm(2)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.layers[0].kernel),
+        keras.ops.convert_to_numpy(model.layers[0].kernel),
+    )
