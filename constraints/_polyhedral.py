@@ -226,8 +226,8 @@ def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
     return _write(result, out, xp)
 
 
-def _threshold(u: Any, radius: float, xp: Any) -> Any:
-    """The simplex threshold of rows ``u`` sorted in descending order: ``max_k (S_k − r) / k``
+def _threshold(u: Any, radius: float, xp: Any) -> tuple[Any, Any]:
+    """The simplex threshold of rows ``u`` sorted in descending order, ``max_k (S_k − r) / k``,
     with ``S_k`` the sum of the ``k`` largest entries (Condat 2016): the ``k`` that maximises it
     is the number of entries left positive, so no gather is needed."""
     sums = _cumsum_last(u, xp)
