@@ -7,7 +7,14 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 from ._checks import DEFAULT_AXIS, Axis, check_axis, check_bounds, check_rate, check_value
-from ._projections import copy_into, max_norm, min_max_norm, non_neg, unit_norm
+from ._projections import (
+    copy_into,
+    max_norm_factor,
+    min_max_norm_factor,
+    non_neg,
+    rescale,
+    unit_norm_factor,
+)
 
 
 class Constraint:
@@ -91,7 +98,20 @@ class MaxNorm(Constraint):
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return max_norm(w, self.max_value, self.axis, out=out, xp=xp)
+        return rescale(w, self.axis, out, xp, max_norm_factor, self.max_value)
+
+    def factor(self, n: Any, acc: str, xp: Any) -> Any:
+        """The factor each node is multiplied by, from the node norms ``n`` (accumulated in the
+        dtype called ``acc``, namespace ``xp``): the math of :func:`max_norm`, for callers that
+        compute the norms themselves (the adapters' batched paths).
+
+        Example:
+            >>> import numpy as np
+            >>> from weight_constraints import MaxNorm
+            >>> MaxNorm(2.0).factor(np.array([1.0, 4.0, np.nan]), "float64", np)
+            array([1. , 0.5, 1. ])
+        """
+        return max_norm_factor(n, acc, xp, self.max_value)
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,18 @@ class UnitNorm(Constraint):
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return unit_norm(w, self.axis, out=out, xp=xp)
+        return rescale(w, self.axis, out, xp, unit_norm_factor)
+
+    def factor(self, n: Any, acc: str, xp: Any) -> Any:
+        """The per-node factor of :func:`unit_norm` (see :meth:`MaxNorm.factor`).
+
+        Example:
+            >>> import numpy as np
+            >>> from weight_constraints import UnitNorm
+            >>> UnitNorm().factor(np.array([4.0, 0.0]), "float64", np)
+            array([0.25, 1.  ])
+        """
+        return unit_norm_factor(n, acc, xp)
 
 
 @dataclass(frozen=True)
@@ -143,7 +174,21 @@ class MinMaxNorm(Constraint):
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return min_max_norm(w, self.min_value, self.max_value, self.rate, self.axis, out=out, xp=xp)
+        return rescale(w, self.axis, out, xp, min_max_norm_factor, *self._parameters())
+
+    def factor(self, n: Any, acc: str, xp: Any) -> Any:
+        """The per-node factor of :func:`min_max_norm` (see :meth:`MaxNorm.factor`).
+
+        Example:
+            >>> import numpy as np
+            >>> from weight_constraints import MinMaxNorm
+            >>> MinMaxNorm(1.0, 2.0).factor(np.array([0.5, 1.5, 4.0]), "float64", np)
+            array([2. , 1. , 0.5])
+        """
+        return min_max_norm_factor(n, acc, xp, *self._parameters())
+
+    def _parameters(self) -> tuple[float, float, float]:
+        return self.min_value, self.max_value, self.rate
 
 
 @dataclass(frozen=True)

@@ -12,50 +12,69 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._backends import prepare
 from ._checks import Axis, check_bounds, check_rate, check_value, normalize_axes
-from ._namespace import (
-    accumulation_dtype,
-    check_out,
-    copy,
-    float_dtype,
-    multiply,
-    namespace,
-    zero_negatives,
-)
-from ._norms import norms
+from ._dtypes import accumulation_dtype, float_dtype
 
 # The smallest norm whose square is a normal number in the accumulation dtype (sqrt of the
 # smallest normal). Below it the squared norm is subnormal or zero: too imprecise to normalise.
-_SMALLEST_SCALABLE_NORM = {"float32": 2.0**-63, "float64": 2.0**-511}
+SMALLEST_SCALABLE_NORM = {"float32": 2.0**-63, "float64": 2.0**-511}
 
-Factor = Callable[[Any, str, Any], Any]
-"""Maps the per-node norms ``n`` (accumulation dtype ``acc``, namespace ``xp``) to the factor
-each node is multiplied by."""
+Factor = Callable[..., Any]
+"""``factor(n, acc, xp, *parameters)``: maps the per-node norms ``n`` (in the accumulation dtype
+called ``acc``, namespace ``xp``) to the factor each node is multiplied by."""
 
 
-def _rescale(w: Any, axis: Axis, factor: Factor, out: Any, xp: Any) -> Any:
-    """Multiply every node of ``w`` by ``factor(n, acc, xp)``, ``n`` being the node norms."""
-    w, xp = namespace(w, xp)
+def rescale(w: Any, axis: Axis, out: Any, xp: Any, factor: Factor, *parameters: Any) -> Any:
+    """Multiply every node of ``w`` by ``factor(n, acc, xp, *parameters)``, ``n`` being the
+    node norms: the one computation behind every norm projection. The parameters are checked
+    already; ``w``, ``axis``, ``out`` and ``xp`` are checked here, before anything is written."""
+    w, backend = prepare(w, xp)
     acc = accumulation_dtype(float_dtype(w))
     axes = normalize_axes(axis, tuple(w.shape))
-    check_out(out, w, xp)
-    n = norms(w, axes, acc, xp)
-    return multiply(w, factor(n, acc, xp), out, xp)
+    backend.check_out(out, w)
+    n = backend.norms(w, axes, acc)
+    return backend.multiply(w, factor(n, acc, backend.xp, *parameters), out)
 
 
-def _to_norm(target: Callable[[Any, Any], Any]) -> Factor:
-    """The factor ``target(n) / n`` that gives each node the norm ``target(n)``.
+# -- the per-node factors: where/clip on the small array of norms, no branching on values ------
 
-    Nodes whose norm is below ``_SMALLEST_SCALABLE_NORM`` (all-zero nodes included) or NaN keep
-    their values, so a zero node never becomes NaN and ``target(n) / n`` stays finite. Where
-    ``target(n) == n`` the factor is exactly 1 and the node comes back bit for bit.
+
+def max_norm_factor(n: Any, acc: str, xp: Any, max_value: float) -> Any:
+    """The factor of :func:`max_norm`: ``c / n`` outside the ball, exactly 1 inside it (and for
+    a NaN norm); with ``c == 0`` every node goes to zero, however small, except NaN nodes."""
+    if max_value == 0:  # the ball is the origin
+        return xp.where(xp.isnan(n), 1.0, xp.zeros_like(n))
+    outside = n > max_value
+    return xp.where(outside, xp.divide(max_value, xp.where(outside, n, 1.0)), 1.0)
+
+
+def _to_norm(target: Any, n: Any, acc: str, xp: Any) -> Any:
+    """The factor ``target / n`` that gives each node the norm ``target`` (an array like ``n``
+    or a number).
+
+    Nodes whose norm is below ``SMALLEST_SCALABLE_NORM`` (all-zero nodes included) or NaN keep
+    their values, so a zero node never becomes NaN and ``target / n`` stays finite. Where
+    ``target == n`` the factor is exactly 1 and the node comes back bit for bit.
     """
+    scalable = n >= SMALLEST_SCALABLE_NORM[acc]
+    return xp.where(scalable, target / xp.where(scalable, n, 1.0), 1.0)
 
-    def factor(n: Any, acc: str, xp: Any) -> Any:
-        scalable = n >= _SMALLEST_SCALABLE_NORM[acc]
-        return xp.where(scalable, target(n, xp) / xp.where(scalable, n, 1.0), 1.0)
 
-    return factor
+def unit_norm_factor(n: Any, acc: str, xp: Any) -> Any:
+    """The factor of :func:`unit_norm`: ``1 / n``; zero, tiny and NaN nodes keep their values."""
+    return _to_norm(1.0, n, acc, xp)
+
+
+def min_max_norm_factor(
+    n: Any, acc: str, xp: Any, min_value: float, max_value: float, rate: float
+) -> Any:
+    """The factor of :func:`min_max_norm`: ``d / n`` with ``d`` the norm moved ``rate`` of the
+    way into ``[min_value, max_value]``; exactly 1 inside the interval."""
+    if rate == 1.0:
+        return _to_norm(xp.clip(n, min_value, max_value), n, acc, xp)
+    # n + r·(clip(n) − n) equals the convex combination and is exactly n inside the interval.
+    return _to_norm(n + rate * (xp.clip(n, min_value, max_value) - n), n, acc, xp)
 
 
 def max_norm(
@@ -65,8 +84,9 @@ def max_norm(
 
     For each node ``x``: ``argmin_y ‖x − y‖ s.t. ‖y‖ ≤ max_value``, that is
     ``x · c / max(‖x‖, c)`` with ``c = max_value``. Nodes inside the ball come back unchanged bit
-    for bit; nodes outside are scaled onto its boundary. This is the max-norm regulariser of
-    Srivastava et al. (2014), usually with ``max_value`` between 1 and 4.
+    for bit; nodes outside are scaled onto its boundary. With ``max_value=0`` every node becomes
+    zero. A node whose norm is NaN is left as it is, whatever ``max_value``. This is the
+    max-norm regulariser of Srivastava et al. (2014), usually with ``max_value`` between 1 and 4.
 
     ``keras.constraints.MaxNorm`` computes ``x · clip(‖x‖, 0, c) / (ε + ‖x‖)`` with
     ``ε = 1e-7``: it slightly shrinks nodes it should leave alone and is not idempotent. The
@@ -74,22 +94,26 @@ def max_norm(
 
     Args:
         w: The weights, an array of a floating dtype (float16, bfloat16, float32, float64).
-        max_value: The largest norm a node may have, ``>= 0``.
+        max_value: The largest norm a node may have, ``>= 0`` (a number or a 0-d array).
         axis: The axis or axes each norm is taken over; ``0`` gives one norm per column of a
             Keras ``Dense`` kernel ``(in, out)``; ``None`` treats the array as a single node.
         out: An array of the shape and dtype of ``w`` to write into (NumPy and torch only);
-            ``out=w`` projects in place without a copy of ``w``.
-        xp: The array namespace (``numpy``, ``torch``, ``keras.ops``, ...); inferred from ``w``
-            when omitted.
+            ``out=w`` projects in place without a copy of ``w``. A torch ``out`` must be a
+            dense tensor on the device of ``w`` that can be written in place, and share no
+            memory with ``w`` unless it is ``w`` (or the same memory in the same layout).
+        xp: The array namespace (``numpy``, ``torch``, ``keras.ops``, ``jax.numpy``, an
+            array-API namespace); inferred from ``w`` when omitted. ``numpy`` and ``keras.ops``
+            convert ``w``; the others need an array of their own.
 
     Returns:
         The projected weights, with the dtype of ``w`` (``out`` when it is given). Norms of
         half-precision weights are accumulated in float32.
 
     Raises:
-        TypeError: ``w`` does not have a floating dtype.
-        ValueError: ``max_value`` is negative or not finite, or ``axis`` does not fit ``w``.
-            Nothing is modified when an error is raised.
+        TypeError: ``w`` does not have a floating dtype, ``xp`` is not an array namespace or
+            ``w`` is not one of its arrays, or ``out`` is not an array like ``w``.
+        ValueError: ``max_value`` is negative or not finite, ``axis`` does not fit ``w``, or
+            ``out`` cannot take the result. Nothing is modified when an error is raised.
 
     Example:
         >>> import numpy as np
@@ -102,19 +126,7 @@ def max_norm(
         >>> w[:, 0]
         array([0.6, 0.8])
     """
-    c = check_value("max_value", max_value)
-    if c == 0:  # the ball is the origin: every node goes to zero, however small, but a node
-        # whose norm is NaN keeps its values, as with any other max_value.
-        return _rescale(
-            w, axis, lambda n, acc, xp: xp.where(xp.isnan(n), 1.0, xp.zeros_like(n)), out, xp
-        )
-
-    def factor(n: Any, acc: str, xp: Any) -> Any:
-        # Exactly 1 inside the ball (and for a NaN norm); c / n outside, where n > c > 0.
-        outside = n > c
-        return xp.where(outside, xp.divide(c, xp.where(outside, n, 1.0)), 1.0)
-
-    return _rescale(w, axis, factor, out, xp)
+    return rescale(w, axis, out, xp, max_norm_factor, check_value("max_value", max_value))
 
 
 def unit_norm(w: Any, axis: Axis = 0, *, out: Any = None, xp: Any = None) -> Any:
@@ -144,7 +156,7 @@ def unit_norm(w: Any, axis: Axis = 0, *, out: Any = None, xp: Any = None) -> Any
         array([[0.6, 0. ],
                [0.8, 0. ]])
     """
-    return _rescale(w, axis, _to_norm(lambda n, xp: 1.0), out, xp)
+    return rescale(w, axis, out, xp, unit_norm_factor)
 
 
 def min_max_norm(
@@ -196,12 +208,7 @@ def min_max_norm(
         array([0.45, 0.6 ])
     """
     low, high = check_bounds(min_value, max_value)
-    r = check_rate(rate)
-    if r == 1.0:
-        return _rescale(w, axis, _to_norm(lambda n, xp: xp.clip(n, low, high)), out, xp)
-    # n + r·(clip(n) − n) equals the convex combination and is exactly n inside the interval.
-    partial = _to_norm(lambda n, xp: n + r * (xp.clip(n, low, high) - n))
-    return _rescale(w, axis, partial, out, xp)
+    return rescale(w, axis, out, xp, min_max_norm_factor, low, high, check_rate(rate))
 
 
 def non_neg(w: Any, *, out: Any = None, xp: Any = None) -> Any:
@@ -227,14 +234,14 @@ def non_neg(w: Any, *, out: Any = None, xp: Any = None) -> Any:
         >>> non_neg(np.array([-1.5, 0.0, 2.0]))
         array([0., 0., 2.])
     """
-    w, xp = namespace(w, xp)
+    w, backend = prepare(w, xp)
     float_dtype(w)
-    check_out(out, w, xp)
-    return zero_negatives(w, out, xp)
+    backend.check_out(out, w)
+    return backend.zero_negatives(w, out)
 
 
 def copy_into(w: Any, out: Any, xp: Any = None) -> Any:
     """Copy ``w`` into ``out`` (NumPy and torch), after the checks of the projections' ``out``."""
-    w, xp = namespace(w, xp)
-    check_out(out, w, xp)
-    return copy(w, out, xp)
+    w, backend = prepare(w, xp)
+    backend.check_out(out, w)
+    return backend.copy_into(w, out)

@@ -10,9 +10,9 @@ import weight_constraints
 from tests.doctests import run_doctests
 
 MODULES = ["weight_constraints"] + [
-    f"weight_constraints.{info.name}"
-    for info in pkgutil.iter_modules(weight_constraints.__path__)
-    if info.name != "adapters"
+    info.name
+    for info in pkgutil.walk_packages(weight_constraints.__path__, "weight_constraints.")
+    if not info.name.startswith("weight_constraints.adapters")
 ]
 
 
@@ -21,6 +21,10 @@ def test_every_public_function_has_an_example():
         obj = getattr(weight_constraints, name)
         if callable(obj) and name not in ("Constraint", "Axis"):
             assert ">>>" in (obj.__doc__ or ""), f"{name} has no runnable example"
+
+
+def test_the_backends_are_collected():
+    assert "weight_constraints._backends.torch" in MODULES
 
 
 @pytest.mark.parametrize("module", MODULES)

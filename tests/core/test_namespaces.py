@@ -74,6 +74,9 @@ def test_torch_empty(shape, axis):
     tensor = torch.zeros(shape)
     assert wc.max_norm(tensor, 1.0, axis, out=tensor).shape == shape
     assert wc.unit_norm(tensor, axis).shape == shape
+    from_numpy = torch.tensor(np.zeros(shape, np.float32))  # strides may be 0: no entries
+    assert wc.unit_norm(from_numpy, axis, out=from_numpy) is from_numpy
+    assert wc.non_neg(from_numpy, out=from_numpy) is from_numpy
 
 
 def test_torch_float16_entries_up_to_65504():
@@ -261,3 +264,19 @@ def test_torch_out_separate_and_non_contiguous(name):
     out = torch.empty(4, 4).t()  # its own memory, another layout
     assert OUT_FUNCTIONS[name](w, out=out) is out
     assert torch.equal(out, OUT_FUNCTIONS[name](w))
+
+
+def test_torch_compile_traces_the_core_in_one_graph():
+    # fullgraph=True: any graph break (a check or a backend lookup dynamo cannot trace) fails.
+    def project_all(tensors):
+        for name, w in zip(OUT_FUNCTIONS, tensors, strict=True):
+            OUT_FUNCTIONS[name](w, out=w)
+        return wc.MaxNorm(0.5, axis=1)(tensors[0]), wc.node_norms(tensors[1], 0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(project_all, fullgraph=True)
+    tensors = [torch.randn(6, 5, dtype=torch.float64) * 3 for _ in OUT_FUNCTIONS]
+    copies = [t.clone() for t in tensors]
+    got, expected = compiled(tensors), project_all(copies)
+    for a, b in zip([*tensors, *got], [*copies, *expected], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

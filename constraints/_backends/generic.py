@@ -1,0 +1,87 @@
+"""The generic backend: any other array namespace: ``keras.ops``, ``jax.numpy``, array-API
+namespaces (``array_api_compat``, ``array_api_strict``). Plain namespace functions only, so the
+projections trace inside ``jax.jit`` and compiled Keras train steps; no ``out=``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._dtypes import accumulation_dtype, dtype_name
+from ._common import type_name
+
+_FUNCTIONS = ("abs", "clip", "divide", "isnan", "reshape", "sqrt", "sum", "where", "zeros_like")
+
+
+class GenericBackend:
+    """A namespace with the array-API functions the projections use (``astype`` included).
+
+    Example:
+        >>> import numpy as np
+        >>> backend = GenericBackend(np)  # NumPy through the generic code, for the example
+        >>> backend.norms(np.array([[3.0], [4.0]], np.float16), (0,), "float32")
+        array([[5.]], dtype=float32)
+    """
+
+    name = "generic"
+    _needs = (*_FUNCTIONS, "astype")
+
+    def __init__(self, xp: Any) -> None:
+        missing = [name for name in self._needs if not hasattr(xp, name)]
+        if missing:
+            raise TypeError(
+                "xp must be an array namespace such as numpy, torch, keras.ops or jax.numpy, "
+                f"got {xp!r} (it has no {', '.join(missing)})"
+            )
+        self.xp = xp
+
+    def prepare(self, w: Any) -> Any:
+        if not (hasattr(w, "shape") and hasattr(w, "dtype")):
+            name = getattr(self.xp, "__name__", repr(self.xp))
+            raise TypeError(f"xp={name} needs an array of that namespace, got {type_name(w)}")
+        return w
+
+    def astype(self, x: Any, name: str) -> Any:
+        return self.xp.astype(x, getattr(self.xp, name))
+
+    def norms(self, w: Any, axes: tuple[int, ...], acc: str) -> Any:
+        wide = self.astype(w, acc)
+        if not axes:  # every entry is its own node
+            return self.xp.abs(wide)
+        return self.xp.sqrt(self.xp.sum(wide * wide, axis=axes, keepdims=True))
+
+    def multiply(self, w: Any, factor: Any, out: Any) -> Any:
+        if out is not None:
+            self.check_out(out, w)
+        # The product is formed in the factor's (accumulation) dtype and rounded once; a cast
+        # first, since not every namespace promotes half precision times float32 (TensorFlow
+        # tensors through keras.ops do not).
+        name = dtype_name(w)
+        return self.astype(self.astype(w, accumulation_dtype(name)) * factor, name)
+
+    def zero_negatives(self, w: Any, out: Any) -> Any:
+        if out is not None:
+            self.check_out(out, w)
+        return self.astype(self.xp.where(w < 0, 0.0, w), dtype_name(w))
+
+    def check_out(self, out: Any, w: Any) -> None:
+        if out is not None:
+            raise TypeError(
+                f"out= needs NumPy arrays or torch tensors; got the namespace {self.xp!r}"
+            )
+
+    def copy_into(self, w: Any, out: Any) -> Any:
+        self.check_out(out, w)
+
+
+class KerasBackend(GenericBackend):
+    """``keras.ops``: any input Keras takes becomes a backend tensor (a variable its value);
+    dtypes are cast by name with ``keras.ops.cast``."""
+
+    name = "keras"
+    _needs = (*_FUNCTIONS, "cast", "convert_to_tensor")
+
+    def prepare(self, w: Any) -> Any:
+        return self.xp.convert_to_tensor(w)
+
+    def astype(self, x: Any, name: str) -> Any:
+        return self.xp.cast(x, name)

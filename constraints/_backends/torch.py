@@ -1,0 +1,225 @@
+"""The torch backend: torch tensors, with torch's CPU kernels and ``out=`` checks.
+
+torch is never imported here: the backend is made with the ``torch`` module the caller already
+imported (see ``weight_constraints._backends.for_namespace``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._common import check_like, type_name
+
+# Block size of the CPU reduction over leading dims: large enough to amortise each step's
+# overhead, small enough that a block's squares stay in cache.
+_BLOCK_BYTES = 1 << 22
+
+
+class TorchBackend:
+    """torch tensors on any device; ``out=`` supported, checked from metadata only (no host
+    synchronisation). See ``weight_constraints._backends`` for the methods.
+
+    Beyond the common methods, ``factor_for_product(w, factor)`` gives the factor as
+    :meth:`multiply` uses it (bfloat16 on the CPU for bfloat16 weights, else unchanged), for
+    callers that form the product themselves.
+
+    Example:
+        >>> import torch
+        >>> from weight_constraints._backends import for_namespace
+        >>> backend = for_namespace(torch)
+        >>> w = torch.tensor([[3.0, 0.0], [4.0, 0.0]])
+        >>> n = backend.norms(w, (0,), "float32")
+        >>> backend.multiply(w, torch.where(n > 0, 1 / n, 1.0), out=w)
+        tensor([[0.6000, 0.0000],
+                [0.8000, 0.0000]])
+    """
+
+    name = "torch"
+
+    def __init__(self, torch: Any) -> None:
+        self.xp = torch
+
+    def prepare(self, w: Any) -> Any:
+        torch = self.xp
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"xp=torch needs a torch.Tensor, got {type_name(w)}")
+        if w.layout is not torch.strided:
+            raise TypeError(f"weights must be a strided (dense) tensor, got layout {w.layout}")
+        return w
+
+    def astype(self, x: Any, name: str) -> Any:
+        return x.to(getattr(self.xp, name))
+
+    # -- norms -------------------------------------------------------------------------------
+
+    def norms(self, w: Any, axes: tuple[int, ...], acc: str) -> Any:
+        torch = self.xp
+        dtype = getattr(torch, acc)
+        if not axes:  # every entry is its own node
+            return torch.abs(w.to(dtype))
+        lead = 0  # the first dim not reduced over
+        while lead in axes:
+            lead += 1
+        if lead == 0 and w.dtype == dtype:  # no leading dim reduced, nothing to convert
+            return torch.linalg.vector_norm(w, dim=axes, keepdim=True)
+        if (
+            w.device.type != "cpu"
+            or lead == w.ndim
+            or not w.is_contiguous()
+            or not w.numel()
+            or torch.compiler.is_compiling()  # the compiler fuses the reduction itself
+        ):
+            # A fused reduction (no squared temporary); dtype= accumulates half precision in
+            # float32.
+            return torch.linalg.vector_norm(w, dim=axes, keepdim=True, dtype=dtype)
+        return self._cpu_blocked_norms(w, axes, lead, dtype)
+
+    def _cpu_blocked_norms(self, w: Any, axes: tuple[int, ...], lead: int, dtype: Any) -> Any:
+        """On the CPU, work in cache-sized blocks of the first dim: torch reduces over leading
+        dims (the ConvTranspose layout) some 15x slower than over trailing ones, and dtype=
+        converts a half-precision tensor to float32 whole before reducing it. Half-precision
+        blocks are converted into one reused float32 buffer (a fresh allocation per block costs
+        page faults)."""
+        torch = self.xp
+        rows = w.reshape(math.prod(w.shape[: max(lead, 1)]), *w.shape[max(lead, 1) :])
+        itemsize = max(w.element_size(), torch.finfo(dtype).bits // 8)
+        block = max(1, _BLOCK_BYTES * rows.shape[0] // (w.numel() * itemsize))
+        buffer = None
+        if w.dtype != dtype:
+            shape = (min(block, len(rows)), *rows.shape[1:])
+            buffer = torch.empty(shape, dtype=dtype, device="cpu")
+
+        def wide(chunk: Any) -> Any:
+            if buffer is None:
+                return chunk
+            return buffer[: len(chunk)].copy_(chunk)
+
+        if lead == 0:  # nodes lie in blocks of the first dim: reduce block by block
+            parts = [
+                torch.linalg.vector_norm(wide(c), dim=axes, keepdim=True) for c in w.split(block)
+            ]
+            return torch.cat(parts)
+        # Leading dims reduced: add up, block by block, the squared norms over the trailing
+        # reduced dims (a fast reduction) or the squares themselves when no trailing dim is.
+        suffix = [a for a in axes if a >= lead and all(b in axes for b in range(a, w.ndim))]
+        trailing = tuple(a - lead + 1 for a in suffix)  # their dims in rows
+        squares = None
+        for chunk in rows.split(block):
+            chunk = wide(chunk)
+            if trailing:
+                chunk = torch.linalg.vector_norm(chunk, dim=trailing, keepdim=True)
+            part = (chunk * chunk).sum(0)
+            squares = part if squares is None else squares.add_(part)
+        middle = tuple(a - lead for a in axes if a >= lead and a - lead + 1 not in trailing)
+        if middle:
+            squares = squares.sum(dim=middle, keepdim=True)
+        return squares.sqrt().view(tuple(1 if i in axes else n for i, n in enumerate(w.shape)))
+
+    # -- products ----------------------------------------------------------------------------
+
+    def factor_for_product(self, w: Any, factor: Any) -> Any:
+        """The factor as the product uses it. Mixed-dtype products run some 40x slower on the
+        CPU: bfloat16 weights there are scaled in bfloat16 (the factor is rounded once more;
+        it is exactly 1 for nodes that stay as they are). Not float16: its narrow range would
+        flush small factors to subnormals. Elsewhere the product is formed in the factor's
+        dtype (float32 for half precision) and rounded once."""
+        if w.dtype == self.xp.bfloat16 and w.device.type == "cpu":
+            return factor.to(w.dtype)
+        return factor
+
+    def multiply(self, w: Any, factor: Any, out: Any) -> Any:
+        factor = self.factor_for_product(w, factor)
+        if out is None:
+            return (w * factor).to(w.dtype)
+        return self._multiply_into(w, factor, out)
+
+    def _multiply_into(self, w: Any, factor: Any, out: Any) -> Any:
+        """``out = w * factor``. When ``factor`` broadcasts over leading *and* trailing dims
+        (the ConvTranspose layout ``(in, out, *k)``), torch's CPU kernel runs short inner
+        loops; the factor is expanded over the trailing dims (a tensor the size of one leading
+        slice) so the product runs over long rows."""
+        torch = self.xp
+        if (
+            factor.ndim < 2
+            or factor.shape[0] != 1  # no leading broadcast
+            or factor.shape[-1] != 1  # or no trailing one
+            or factor.numel() == 1
+            or w.shape[-1] == 1
+            or w.device.type != "cpu"
+            or not (w.is_contiguous() and out.is_contiguous())
+            or torch.compiler.is_compiling()
+        ):
+            return torch.mul(w, factor, out=out)
+        lead = next(i for i, n in enumerate(factor.shape) if n != 1)
+        row = factor.expand(factor.shape[:lead] + w.shape[lead:]).reshape(1, -1)
+        torch.mul(w.view(-1, row.shape[1]), row, out=out.view(-1, row.shape[1]))
+        return out
+
+    def zero_negatives(self, w: Any, out: Any) -> Any:
+        torch = self.xp
+        return torch.clamp(w, min=0.0) if out is None else torch.clamp(w, min=0.0, out=out)
+
+    # -- out ---------------------------------------------------------------------------------
+
+    def check_out(self, out: Any, w: Any) -> None:
+        """Refuse an ``out`` that cannot be written safely, from metadata only (no sync):
+        another type, shape, dtype, layout or device, an inference tensor outside inference
+        mode, entries sharing memory, or memory shared with ``w`` in another layout."""
+        torch = self.xp
+        if out is None:
+            return
+        if out is not w:
+            check_like(out, w, torch.Tensor)
+        if torch.compiler.is_compiling():  # out is w in the compiled registries
+            return
+        if out is not w:  # (w itself was checked by prepare)
+            if out.layout is not torch.strided:
+                raise TypeError(f"out must be a strided (dense) tensor, got layout {out.layout}")
+            if out.device != w.device:
+                raise ValueError(
+                    f"out must be on the device of w: w is on {w.device}, out on {out.device}"
+                )
+        if out.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                "out is an inference tensor (made under torch.inference_mode()): it can only be "
+                "written inside torch.inference_mode(); clone() it outside, or project inside"
+            )
+        if 0 in out.stride() and _shares_entries(out):
+            raise ValueError(
+                f"out has entries that share memory (stride 0, e.g. an expanded tensor: shape "
+                f"{tuple(out.shape)}, strides {out.stride()}); clone() it first"
+            )
+        if out is not w and _overlap(out, w):
+            raise ValueError(
+                "out overlaps the memory of w without being laid out as w (a view of w such as "
+                "a transpose or a slice): the projection would read entries it has already "
+                "written; pass out=w or a separate tensor"
+            )
+
+    def copy_into(self, w: Any, out: Any) -> Any:
+        return out.copy_(w)
+
+
+def _shares_entries(t: Any) -> bool:
+    """Whether two entries of ``t`` lie at the same address (a stride 0 over a dim of size > 1,
+    as in an expanded tensor; torch refuses to write such a tensor in place)."""
+    dims = zip(t.stride(), t.shape, strict=True)
+    return t.numel() > 0 and any(s == 0 and n > 1 for s, n in dims)
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` share memory, other than as the very same layout (then each
+    entry is read before it is written, as with ``out=w``)."""
+    if not a.numel() or not b.numel() or a.device.type == "meta":  # meta tensors: no memory
+        return False
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return False
+    (a_start, a_stop), (b_start, b_stop) = _span(a), _span(b)
+    return a_start < b_stop and b_start < a_stop
+
+
+def _span(t: Any) -> tuple[int, int]:
+    """The bytes ``[start, stop)`` that a non-empty strided tensor's entries lie in."""
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
