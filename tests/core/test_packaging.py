@@ -41,6 +41,12 @@ def test_wheel_contents_and_regular_install(tmp_path):
         "adapters/torch.py",
     ):
         assert f"weight_constraints/{module}" in names
+    # Every module of the source tree, subpackages included (the editable install of the test
+    # environment would otherwise find a module the wheel lacks).
+    for folder, package in (("constraints", ""), ("adapters", "adapters/")):
+        for path in (ROOT / folder).rglob("*.py"):
+            module = f"weight_constraints/{package}{path.relative_to(ROOT / folder).as_posix()}"
+            assert module in names, f"the wheel lacks {module}"
 
     target = tmp_path / "site"
     subprocess.run(
