@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import weight_constraints as wc
 from tests.doctests import run_doctests
+from weight_constraints._polyhedral import BoxMaxNorm, Clip, MaxL1Norm, Simplex
 from weight_constraints.adapters.optax import audit, projection
 
 # A few shapes, so that jitted functions are compiled once each: Dense (in, out), Conv1D, Conv2D.
@@ -306,3 +307,25 @@ def test_errors(kwargs, tree, error, message):
 def test_roles_are_keyword_only():
     with pytest.raises(TypeError):
         projection(wc.MaxNorm(1.0))  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize(
+    "constraint",
+    [Clip(-0.1, 0.2), BoxMaxNorm(0.0, 0.5, 1.0), Simplex(), MaxL1Norm(1.0)],
+    ids=lambda c: type(c).__name__,
+)
+def test_box_simplex_and_l1_kinds_per_node_under_jit(constraint, dtype):
+    rng = np.random.default_rng(5)
+    params = {
+        "Dense_0": {"kernel": jnp.asarray(rng.standard_normal((5, 3)), DTYPES[dtype])},
+        "Conv_0": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), DTYPES[dtype])},
+    }
+    out = jax.jit(projection(kernel=constraint))(params)
+    for name, axes in (("Dense_0", (0,)), ("Conv_0", (0, 1, 2))):
+        w = np.asarray(params[name]["kernel"])
+        per_node = constraint if not hasattr(constraint, "axis") else bound(constraint, axes)
+        got, want = (np.asarray(a, np.float64) for a in (out[name]["kernel"], per_node(w)))
+        assert out[name]["kernel"].dtype == w.dtype
+        rtol = 4e-6 if dtype == "float32" else 2.0**-7
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(w).max())
