@@ -18,6 +18,7 @@ API = ROOT / "build" / "api" / "weight_constraints"
 def on_startup(**kwargs: object) -> None:
     shutil.rmtree(API, ignore_errors=True)
     API.mkdir(parents=True)
-    for source in sorted((ROOT / "constraints").glob("*.py")):
-        (API / source.name).symlink_to(source)
+    for source in sorted((ROOT / "constraints").iterdir()):
+        if source.suffix == ".py" or (source / "__init__.py").is_file():  # modules, subpackages
+            (API / source.name).symlink_to(source, target_is_directory=source.is_dir())
     (API / "adapters").symlink_to(ROOT / "adapters", target_is_directory=True)
