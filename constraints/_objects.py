@@ -288,6 +288,13 @@ def _parse_config(identifier: dict) -> tuple[type[Constraint], dict[str, Any]]:
     return cls, config
 
 
+def register(*classes: type[Constraint]) -> None:
+    """Make constraint dataclasses known to :func:`get` by class name and by ``name``."""
+    for cls in classes:
+        _NAMES[cls.__name__] = cls
+        _NAMES[cls.name] = cls
+
+
 def _lookup(name: str) -> type[Constraint]:
     try:
         return _NAMES[name]
