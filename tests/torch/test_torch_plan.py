@@ -281,3 +281,51 @@ def test_a_shape_the_dims_no_longer_fit_raises_and_modifies_nothing():
 def test_bad_items_are_refused(tensor, dims, error):
     with pytest.raises(error):
         Plan([(tensor, None, wc.MaxNorm(1.0), dims)])
+
+
+# -- the math is the core's -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [wc.MaxNorm, wc.UnitNorm, wc.MinMaxNorm])
+def test_the_factor_is_the_core_constraints_own(kind, monkeypatch):
+    calls = []
+
+    def factor(self, n, acc, xp):
+        calls.append((type(self), acc, xp))
+        return xp.ones_like(n)  # every node left as it is
+
+    monkeypatch.setattr(kind, "factor", factor)
+    tensors = weights((8, 6), torch.bfloat16) + weights((200, 100), torch.float64)
+    before = [t.clone() for t in tensors]
+    Plan([(t, None, bound(kind(), (1,)), (1,)) for t in tensors])()
+    assert_same_bits(tensors, before)
+    assert sorted(calls, key=str) == [(kind, "float32", torch), (kind, "float64", torch)]
+
+
+class Doubled(wc.MaxNorm):
+    """A subclass with its own projection: called, never replaced by the factor path."""
+
+    def __call__(self, w, *, out=None, xp=None):
+        return torch.mul(w, 2.0, out=out)
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        Doubled(1.0),
+        wc.Clip(-0.1, 0.2),
+        wc.BoxMaxNorm(-0.2, 0.3, max_value=0.5),
+        wc.Simplex(),
+        wc.MaxL1Norm(0.7),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_constraints_without_a_factor_go_through_their_own_call(constraint, dtype):
+    tensors = weights((8, 6), dtype)
+    c = bound(constraint, (1,)) if hasattr(constraint, "axis") else constraint
+    expected = core(tensors, [None] * len(tensors), c, (1,))
+    plan = Plan([(t, None, c, (1,)) for t in tensors])
+    assert step_names(plan) == ["_Core"]
+    plan()
+    assert_same_bits(tensors, expected)
