@@ -1187,6 +1187,9 @@ class Constraints:
         again where needed (raising before anything is projected), the tensors are projected
         one by one through the core, and the guard records the state just checked.
         """
+        if torch.compiler.is_compiling():  # a compiled optimizer step traces its hooks:
+            self._project(*self._plan(members))  # the compiler guards what it traced itself
+            return
         guard = self._guard
         if guard is None or not guard.holds():
             self._guard = None

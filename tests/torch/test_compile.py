@@ -114,3 +114,28 @@ def test_no_host_synchronisation_once_compiled(monkeypatch):
     reg.apply()
     monkeypatch.undo()
     assert node_norms(layers[0].weight, 1).max() <= 1.5 * (1 + 1e-6)
+
+
+def test_a_compiled_optimizer_step_traces_the_hook():
+    # torch.compile(optimizer.step) traces the step's hooks too: the eager registry's hook is
+    # traced through its full path (the compiler guards the graph itself).
+    eager, compiled = model(), model()
+    steps = []
+    for layers, compile_step in ((eager, False), (compiled, True)):
+        optimizer = torch.optim.Adam(layers.parameters(), lr=0.1)
+        constrain(layers, optimizer, kernel=wc.MaxNorm(1.0), recurrent="unit_norm")
+        steps.append((layers, optimizer, torch.compile(optimizer.step) if compile_step else None))
+    for step in range(3):
+        x = torch.randn(7, 6, generator=torch.Generator().manual_seed(step))
+        for layers, optimizer, compiled_step in steps:
+            optimizer.zero_grad()
+            h = layers[1](layers[0](x).T.unsqueeze(0))
+            layers[3](layers[2](h).transpose(1, 2).squeeze(0))[0].pow(2).sum().backward()
+            (compiled_step or optimizer.step)()
+            if compiled_step is not None:  # projected after every compiled step
+                assert node_norms(layers[0].weight, 1).max() <= 1.0 + 1e-6
+                recurrent = node_norms(layers[3].weight_hh_l0, 1)
+                torch.testing.assert_close(recurrent, torch.ones_like(recurrent))
+    # the compiled Adam step rounds differently from the eager one (some 1e-5 after 3 steps)
+    for name, value in compiled.state_dict().items():
+        torch.testing.assert_close(value, eager.state_dict()[name], rtol=1e-4, atol=1e-4, msg=name)
