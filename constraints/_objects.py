@@ -62,6 +62,30 @@ class Constraint:
         return cls(**config)
 
 
+SAVED_PREFIX = "weight_constraints."
+"""The prefix of the built-in classes' ``__name__`` (see :func:`saved_name`)."""
+
+
+def saved_name(cls: type[Constraint]) -> type[Constraint]:
+    """Give a built-in constraint class the ``__name__`` ``weight_constraints.<Name>``.
+
+    Keras saves an object's ``type(obj).__name__`` as its ``class_name`` and, in a process
+    where the registered name is unknown, looks that name up among its own classes: a core
+    ``MaxNorm`` used directly as a layer constraint would load silently as
+    ``keras.constraints.MaxNorm``. No Keras class is called ``weight_constraints.MaxNorm``, so
+    such a file loads as ours (``weight_constraints.adapters.keras`` registers the name) or
+    fails with an error. ``__qualname__`` stays ``MaxNorm``, so ``repr``, pickling and
+    :func:`get` by class name are unchanged; :func:`get` also takes the saved name.
+
+    Example:
+        >>> from weight_constraints import MaxNorm
+        >>> MaxNorm.__name__, MaxNorm.__qualname__
+        ('weight_constraints.MaxNorm', 'MaxNorm')
+    """
+    cls.__name__ = SAVED_PREFIX + cls.__qualname__
+    return cls
+
+
 def _plain(value: Any) -> Any:
     """A config value as plain JSON data: axis tuples become lists, the default axis a plain 0."""
     if isinstance(value, tuple):
@@ -71,6 +95,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@saved_name
 @dataclass(frozen=True)
 class MaxNorm(Constraint):
     """Per-node max-norm: every node's L2 norm at most ``max_value``; see :func:`max_norm`.
@@ -114,6 +139,7 @@ class MaxNorm(Constraint):
         return max_norm_factor(n, acc, xp, self.max_value)
 
 
+@saved_name
 @dataclass(frozen=True)
 class UnitNorm(Constraint):
     """Per-node unit norm; see :func:`unit_norm`.
@@ -147,6 +173,7 @@ class UnitNorm(Constraint):
         return unit_norm_factor(n, acc, xp)
 
 
+@saved_name
 @dataclass(frozen=True)
 class MinMaxNorm(Constraint):
     """Per-node norm kept in ``[min_value, max_value]``; see :func:`min_max_norm`.
@@ -191,6 +218,7 @@ class MinMaxNorm(Constraint):
         return self.min_value, self.max_value, self.rate
 
 
+@saved_name
 @dataclass(frozen=True)
 class NonNeg(Constraint):
     """Non-negative weights; see :func:`non_neg`.
@@ -208,13 +236,7 @@ class NonNeg(Constraint):
         return non_neg(w, out=out, xp=xp)
 
 
-_CLASSES: dict[str, type[Constraint]] = {
-    cls.__name__: cls for cls in (MaxNorm, UnitNorm, MinMaxNorm, NonNeg)
-}
-_NAMES: dict[str, type[Constraint]] = {
-    **_CLASSES,
-    **{cls.name: cls for cls in _CLASSES.values()},
-}
+_NAMES: dict[str, type[Constraint]] = {}  # class names, snake_case names and saved names
 
 
 def get(identifier: Any) -> Constraint | None:
@@ -246,9 +268,9 @@ def get(identifier: Any) -> Constraint | None:
     if isinstance(getattr(identifier, "core", None), Constraint):  # our Keras constraints
         return identifier.core
     if inspect.isclass(identifier) and issubclass(identifier, Constraint):
-        return identifier()
+        return with_defaults(identifier)
     if isinstance(identifier, str):
-        return _lookup(identifier)()
+        return with_defaults(_lookup(identifier))
     if isinstance(identifier, dict):
         cls, config = _parse_config(identifier)
         return cls.from_config(config)
@@ -285,19 +307,58 @@ def _parse_config(identifier: dict) -> tuple[type[Constraint], dict[str, Any]]:
             f"unknown key(s) {', '.join(map(repr, unknown))} in the config of a {name}; "
             f"it takes {', '.join(map(repr, allowed)) or 'no arguments'}"
         )
+    missing = [key for key in _required(cls) if key not in config]
+    if missing:
+        raise ValueError(
+            f"the config of a {cls.__qualname__} needs {_listing(missing)}, got {identifier!r}"
+        )
     return cls, config
 
 
+def _required(cls: type) -> list[str]:
+    """The constructor parameters of ``cls`` that have no default."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call tell
+        return []
+    plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in plain and p.default is p.empty]
+
+
+def _listing(names: list[str]) -> str:
+    return ("the parameter " if len(names) == 1 else "the parameters ") + ", ".join(names)
+
+
+def with_defaults(cls: type) -> Any:
+    """``cls()``, or a ValueError naming the parameters it cannot do without (for :func:`get`
+    and the adapters' ``get``)."""
+    missing = _required(cls)
+    if missing:
+        name = cls.__qualname__
+        example = ", ".join(f"{key}=..." for key in missing)
+        raise ValueError(
+            f"{name} has no default for {_listing(missing)}: pass an object such as "
+            f"{name}({example}) or a config dict such as "
+            f"{{'class_name': {name!r}, 'config': {{{', '.join(f'{k!r}: ...' for k in missing)}}}}}"
+        )
+    return cls()
+
+
 def register(*classes: type[Constraint]) -> None:
-    """Make constraint dataclasses known to :func:`get` by class name and by ``name``."""
+    """Make constraint dataclasses known to :func:`get` by class name, by ``name`` and by the
+    name Keras saves them under (their ``__name__``, see :func:`saved_name`)."""
     for cls in classes:
-        _NAMES[cls.__name__] = cls
+        _NAMES[cls.__qualname__] = cls
         _NAMES[cls.name] = cls
+        _NAMES[cls.__name__] = cls
+
+
+register(MaxNorm, UnitNorm, MinMaxNorm, NonNeg)
 
 
 def _lookup(name: str) -> type[Constraint]:
     try:
         return _NAMES[name]
     except KeyError:
-        known = ", ".join(repr(key) for key in _NAMES)
+        known = ", ".join(repr(key) for key in _NAMES if not key.startswith(SAVED_PREFIX))
         raise ValueError(f"unknown constraint {name!r}; known names: {known}") from None

@@ -8,9 +8,9 @@ from the sorted node with ``max``/``where`` only: no Python branching on array v
 synchronisation on torch, and the same code runs inside compiled Keras/TensorFlow and JAX
 functions.
 
-The family-specific operations (sorting along the last axis, cumulative sums, moving axes, ...)
-are the small private functions at the top of this module, each dispatching on the namespace in
-one place.
+Written once, like ``_projections.py``: the operations that each array family spells its own way
+(sorting along the last axis, cumulative sums, moving axes, clipping, writing into ``out``) are
+methods of the family's backend (``weight_constraints._backends``), chosen once per call.
 """
 
 from __future__ import annotations
@@ -21,116 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
+from ._backends import Backend, prepare
 from ._checks import DEFAULT_AXIS, Axis, check_axis, check_value, normalize_axes
-from ._namespace import accumulation_dtype, astype, check_out, dtype_name, float_dtype, namespace
-from ._objects import Constraint
-
-# -- the operations that each array family spells its own way --------------------------------------
-
-
-def _family(xp: Any) -> str:
-    """``"numpy"``, ``"torch"``, ``"keras"`` (``keras.ops``) or ``"array_api"`` (jax.numpy...)."""
-    if xp is np:
-        return "numpy"
-    name = getattr(xp, "__name__", "")
-    if name == "torch":
-        return "torch"
-    if name.partition(".")[0] == "keras":
-        return "keras"
-    return "array_api"
-
-
-def _permute(x: Any, order: tuple[int, ...], xp: Any) -> Any:
-    """The axes of ``x`` in the given order (NumPy's ``transpose``)."""
-    family = _family(xp)
-    if family == "numpy":
-        return np.transpose(x, order)
-    if family == "torch":
-        return x.permute(*order)
-    if family == "keras":
-        return xp.transpose(x, order)
-    return xp.permute_dims(x, order)
-
-
-def _sort_last(x: Any, xp: Any) -> Any:
-    """``x`` sorted in ascending order along its last axis."""
-    if _family(xp) == "torch":
-        return xp.sort(x, dim=-1).values
-    return xp.sort(x, axis=-1)
-
-
-def _argsort_last(x: Any, xp: Any) -> Any:
-    """The indices that sort ``x`` in ascending order along its last axis."""
-    if _family(xp) == "torch":
-        return xp.argsort(x, dim=-1)
-    return xp.argsort(x, axis=-1)
-
-
-def _take_last(x: Any, indices: Any, xp: Any) -> Any:
-    """``x`` gathered along its last axis at ``indices`` (``take_along_axis``)."""
-    if _family(xp) == "torch":
-        return xp.gather(x, -1, indices)
-    return xp.take_along_axis(x, indices, axis=-1)
-
-
-def _cumsum_last(x: Any, xp: Any) -> Any:
-    """Running sums of ``x`` along its last axis."""
-    family = _family(xp)
-    if family == "torch":
-        return xp.cumsum(x, dim=-1)
-    if family in ("numpy", "keras"):
-        return xp.cumsum(x, axis=-1)
-    return xp.cumulative_sum(x, axis=-1)
-
-
-def _flip_last(x: Any, xp: Any) -> Any:
-    """``x`` reversed along its last axis."""
-    if _family(xp) == "torch":
-        return xp.flip(x, dims=(-1,))
-    return xp.flip(x, axis=-1)
-
-
-def _max_last(x: Any, xp: Any) -> Any:
-    """The largest entry along the last axis, keeping it with size 1."""
-    if _family(xp) == "torch":
-        return xp.amax(x, dim=-1, keepdim=True)
-    return xp.max(x, axis=-1, keepdims=True)
-
-
-def _counts(m: int, like: Any, xp: Any) -> Any:
-    """``1, 2, ..., m`` in the dtype (and on the device) of ``like``."""
-    family = _family(xp)
-    if family == "torch":
-        return xp.arange(1, m + 1, dtype=like.dtype, device=like.device)
-    if family == "keras":
-        return xp.arange(1, m + 1, dtype=dtype_name(like))
-    if family == "numpy":
-        return np.arange(1, m + 1, dtype=like.dtype)
-    return xp.arange(1, m + 1, dtype=like.dtype, device=getattr(like, "device", None))
-
-
-def _clip(x: Any, lower: float, upper: float, xp: Any, out: Any = None) -> Any:
-    """``min(max(x, lower), upper)`` entry by entry; NaN stays NaN on every backend (TensorFlow's
-    ``maximum`` does not propagate NaN, hence the comparisons). ``out`` (NumPy, torch only)."""
-    family = _family(xp)
-    if family == "numpy":
-        return np.clip(x, lower, upper, out=out)
-    if family == "torch":
-        return xp.clamp(x, lower, upper, out=out)
-    return xp.where(x < lower, lower, xp.where(x > upper, upper, x))
-
-
-def _write(result: Any, out: Any, xp: Any) -> Any:
-    """Return ``result``, copied into ``out`` when it is given (NumPy and torch only)."""
-    if out is None:
-        return result
-    if _family(xp) == "torch":
-        return out.copy_(result)
-    np.copyto(out, result)
-    return out
-
+from ._dtypes import accumulation_dtype, dtype_name, float_dtype
+from ._objects import Constraint, saved_name
 
 # -- scalars in the dtype they are compared with ---------------------------------------------------
 
@@ -193,45 +87,47 @@ def check_box(lower: object, upper: object) -> tuple[float, float]:
 
 # -- per node, on rows -----------------------------------------------------------------------------
 
-Project = Callable[[Any, Any], tuple[Any, Any]]
-"""Maps rows ``y`` (shape ``(*nodes, m)``, accumulation dtype) and ``xp`` to the projected rows
-and a ``(*nodes, 1)`` boolean: the nodes that come back exactly as they are."""
+Project = Callable[[Any, Backend], tuple[Any, Any]]
+"""Maps rows ``y`` (shape ``(*nodes, m)``, accumulation dtype) and the backend of their family
+to the projected rows and a ``(*nodes, 1)`` boolean: the nodes that come back exactly as they
+are."""
 
 
 def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
     """Apply ``project`` to every node of ``w``: its entries are moved to one trailing axis,
     projected in the accumulation dtype, and moved back. Nodes that ``project`` keeps, and nodes
     holding NaN or ±inf, come back bit for bit."""
-    w, xp = namespace(w, xp)
+    w, backend = prepare(w, xp)
+    xp = backend.xp
     name = float_dtype(w)
     acc = accumulation_dtype(name)
     shape = tuple(w.shape)
     axes = normalize_axes(axis, shape)
-    check_out(out, w, xp)
+    backend.check_out(out, w)
     if math.prod(shape) == 0:  # no entries, nothing to project
-        return _write(w, out, xp)
+        return backend.write(w, out)
     kept = tuple(i for i in range(len(shape)) if i not in axes)
     order = kept + axes
-    moved = w if order == tuple(range(len(shape))) else _permute(w, order, xp)
+    moved = w if order == tuple(range(len(shape))) else backend.permute(w, order)
     node_shape = tuple(shape[i] for i in kept)
     reduced_shape = tuple(shape[i] for i in axes)
     rows = xp.reshape(moved, (*node_shape, math.prod(reduced_shape)))
-    y = astype(rows, acc, xp)
-    projected, keep = project(y, xp)
+    y = backend.astype(rows, acc)
+    projected, keep = project(y, backend)
     keep = keep | ~xp.all(xp.isfinite(y), axis=-1, keepdims=True)
-    result = xp.where(keep, rows, astype(projected, name, xp))
+    result = xp.where(keep, rows, backend.astype(projected, name))
     result = xp.reshape(result, node_shape + reduced_shape)
     if moved is not w:
-        result = _permute(result, tuple(sorted(range(len(order)), key=order.__getitem__)), xp)
-    return _write(result, out, xp)
+        result = backend.permute(result, tuple(sorted(range(len(order)), key=order.__getitem__)))
+    return backend.write(result, out)
 
 
-def _threshold(u: Any, radius: float, xp: Any) -> tuple[Any, Any]:
+def _threshold(u: Any, radius: float, backend: Backend) -> tuple[Any, Any]:
     """The simplex threshold of rows ``u`` sorted in descending order, ``max_k (S_k − r) / k``,
     with ``S_k`` the sum of the ``k`` largest entries (Condat 2016): the ``k`` that maximises it
     is the number of entries left positive, so no gather is needed."""
-    sums = _cumsum_last(u, xp)
-    return _max_last((sums - radius) / _counts(u.shape[-1], u, xp), xp), sums
+    sums = backend.cumsum_last(u)
+    return backend.max_last((sums - radius) / backend.counts(u.shape[-1], u)), sums
 
 
 # -- the constraints -------------------------------------------------------------------------------
@@ -270,11 +166,11 @@ def clip(w: Any, lower: float, upper: float, *, out: Any = None, xp: Any = None)
         array([0., 2.])
     """
     low, high = check_clip_bounds(lower, upper)
-    w, xp = namespace(w, xp)
+    w, backend = prepare(w, xp)
     name = float_dtype(w)
-    check_out(out, w, xp)
-    result = _clip(w, _in_range(low, name), _in_range(high, name), xp, out)
-    return result if out is not None else astype(result, name, xp)
+    backend.check_out(out, w)
+    result = backend.clip(w, _in_range(low, name), _in_range(high, name), out)
+    return result if out is not None else backend.astype(result, name)
 
 
 def box_max_norm(
@@ -331,21 +227,22 @@ def box_max_norm(
     low, high = check_box(lower, upper)
     c = check_value("max_value", max_value)
 
-    def project(y: Any, xp: Any) -> tuple[Any, Any]:
+    def project(y: Any, backend: Backend) -> tuple[Any, Any]:
+        xp = backend.xp
         acc = dtype_name(y)
         lo, hi = _in_range(low, acc), _in_range(high, acc)
         c2 = _in_range(c * c, acc)
-        clipped = _clip(y, lo, hi, xp)
+        clipped = backend.clip(y, lo, hi)
         inside = xp.all(clipped == y, axis=-1, keepdims=True)
         # Knee of each entry: the s where s·|x_i| reaches its bound (1 if it never does for s ≤
         # 1). Sorted by knee, the first k entries are the ones clipped on the k-th piece.
         size, bound = xp.abs(y), xp.abs(clipped)
         moving = size > 0
         knee = xp.where(moving, bound / xp.where(moving, size, 1.0), 1.0)
-        ys = _take_last(y, _argsort_last(knee, xp), xp)
-        size, bound = xp.abs(ys), xp.abs(_clip(ys, lo, hi, xp))
-        held = _cumsum_last(bound * bound, xp)  # squared norm of the first k, clipped
-        free = _flip_last(_cumsum_last(_flip_last(size * size, xp), xp), xp)  # of the rest
+        ys = backend.take_last(y, backend.argsort_last(knee))
+        size, bound = xp.abs(ys), xp.abs(backend.clip(ys, lo, hi))
+        held = backend.cumsum_last(bound * bound)  # squared norm of the first k, clipped
+        free = backend.flip_last(backend.cumsum_last(backend.flip_last(size * size)))  # the rest
         total = held[..., -1:]  # ‖clip(x)‖²
         # Piece k = 0 (nothing clipped): s = c / ‖x‖; pieces k ≥ 1: s² = (c² − held) / free.
         whole = free[..., :1]
@@ -354,9 +251,9 @@ def box_max_norm(
             room, rest = c2 - held[..., :-1], free[..., 1:]
             ok = (room >= 0) & (rest > 0)
             pieces = xp.sqrt(xp.where(ok, room, 1.0) / xp.where(ok, rest, 1.0))
-            best = xp.maximum(best, _max_last(xp.where(ok, pieces, 0.0), xp))
+            best = xp.maximum(best, backend.max_last(xp.where(ok, pieces, 0.0)))
         s = xp.where((total <= c2) | (best > 1), 1.0, best)
-        return _clip(s * y, lo, hi, xp), inside & (total <= c2)
+        return backend.clip(s * y, lo, hi), inside & (total <= c2)
 
     return _per_node(w, axis, project, out, xp)
 
@@ -399,10 +296,11 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
     """
     r = check_value("radius", radius)
 
-    def project(y: Any, xp: Any) -> tuple[Any, Any]:
+    def project(y: Any, backend: Backend) -> tuple[Any, Any]:
+        xp = backend.xp
         rr = _in_range(r, dtype_name(y))
-        u = -_sort_last(-y, xp)
-        tau, sums = _threshold(u, rr, xp)
+        u = -backend.sort_last(-y)
+        tau, sums = _threshold(u, rr, backend)
         shifted = y - tau
         on = (u[..., -1:] >= 0) & (sums[..., -1:] == rr)
         return xp.where(shifted > 0, shifted, 0.0), on
@@ -446,10 +344,11 @@ def max_l1_norm(
     """
     c = check_value("max_value", max_value)
 
-    def project(y: Any, xp: Any) -> tuple[Any, Any]:
+    def project(y: Any, backend: Backend) -> tuple[Any, Any]:
+        xp = backend.xp
         rr = _in_range(c, dtype_name(y))
         size = xp.abs(y)
-        tau, sums = _threshold(-_sort_last(-size, xp), rr, xp)
+        tau, sums = _threshold(-backend.sort_last(-size), rr, backend)
         shrunk = size - xp.where(tau > 0, tau, 0.0)  # τ <= 0 only for nodes inside, kept as is
         return xp.where(shrunk > 0, xp.sign(y) * shrunk, 0.0), sums[..., -1:] <= rr
 
@@ -459,6 +358,7 @@ def max_l1_norm(
 # -- objects ---------------------------------------------------------------------------------------
 
 
+@saved_name
 @dataclass(frozen=True)
 class Clip(Constraint):
     """Entries clipped to ``[lower, upper]``; see :func:`clip`. ``Clip(0, inf)`` is ``NonNeg()``.
@@ -489,6 +389,7 @@ class Clip(Constraint):
         return clip(w, self.lower, self.upper, out=out, xp=xp)
 
 
+@saved_name
 @dataclass(frozen=True)
 class BoxMaxNorm(Constraint):
     """Per-node projection onto a box (containing 0) within an L2 ball; see :func:`box_max_norm`.
@@ -523,6 +424,7 @@ class BoxMaxNorm(Constraint):
         return box_max_norm(w, self.lower, self.upper, self.max_value, self.axis, out=out, xp=xp)
 
 
+@saved_name
 @dataclass(frozen=True)
 class Simplex(Constraint):
     """Per-node projection onto the simplex of the given radius; see :func:`simplex`.
@@ -547,6 +449,7 @@ class Simplex(Constraint):
         return simplex(w, self.radius, self.axis, out=out, xp=xp)
 
 
+@saved_name
 @dataclass(frozen=True)
 class MaxL1Norm(Constraint):
     """Per-node projection onto the L1 ball of radius ``max_value``; see :func:`max_l1_norm`.

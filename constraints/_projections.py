@@ -55,10 +55,12 @@ def _to_norm(target: Any, n: Any, acc: str, xp: Any) -> Any:
 
     Nodes whose norm is below ``SMALLEST_SCALABLE_NORM`` (all-zero nodes included) or NaN keep
     their values, so a zero node never becomes NaN and ``target / n`` stays finite. Where
-    ``target == n`` the factor is exactly 1 and the node comes back bit for bit.
+    ``target == n`` the factor is exactly 1, without a division (on GPUs, float32 division is
+    not always correctly rounded: ``n / n`` can be ``1 - 2**-24``), and the node comes back bit
+    for bit.
     """
-    scalable = n >= SMALLEST_SCALABLE_NORM[acc]
-    return xp.where(scalable, target / xp.where(scalable, n, 1.0), 1.0)
+    divide = (n >= SMALLEST_SCALABLE_NORM[acc]) & (target != n)
+    return xp.where(divide, target / xp.where(divide, n, 1.0), 1.0)
 
 
 def unit_norm_factor(n: Any, acc: str, xp: Any) -> Any:

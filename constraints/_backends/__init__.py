@@ -20,9 +20,17 @@ Each module provides a *backend*: an object bound to one namespace, with
 - ``check_out(out, w)``: raise before anything is written unless ``out`` can take the result;
 - ``copy_into(w, out)``: write ``w`` into a checked ``out``.
 
+and, for the per-node projections that sort each node (``_polyhedral.py``), the operations on
+the last axis of "rows" that each family spells its own way: ``permute(x, order)``,
+``sort_last(x)`` (ascending), ``argsort_last(x)``, ``take_last(x, indices)``,
+``cumsum_last(x)``, ``flip_last(x)``, ``max_last(x)`` (keeping the axis), ``counts(m, like)``
+(``1, ..., m`` in the dtype and on the device of ``like``), ``clip(x, lower, upper, out)``
+(NaN kept) and ``write(result, out)`` (``result``, copied into ``out`` when it is given).
+
 ``for_namespace(xp)`` and ``infer(w)`` choose the backend once per call; the backends are
-made once per namespace and kept. Array types are recognised lazily through ``sys.modules``: a
-framework the caller did not import is never imported.
+made once per namespace and kept, by the namespace's name (a string Dynamo folds: no ``id()``,
+which older ``torch.compile`` cannot trace on a module). Array types are recognised lazily
+through ``sys.modules``: a framework the caller did not import is never imported.
 
 For the adapters (private API): obtain the backend once, e.g. ``for_namespace(torch)``, and the
 per-node factor of a norm constraint from its ``factor(n, acc, xp)`` method; then each step is
@@ -65,13 +73,27 @@ class Backend(Protocol):
     def zero_negatives(self, w: Any, out: Any) -> Any: ...
     def check_out(self, out: Any, w: Any) -> None: ...
     def copy_into(self, w: Any, out: Any) -> Any: ...
+    def permute(self, x: Any, order: tuple[int, ...]) -> Any: ...
+    def sort_last(self, x: Any) -> Any: ...
+    def argsort_last(self, x: Any) -> Any: ...
+    def take_last(self, x: Any, indices: Any) -> Any: ...
+    def cumsum_last(self, x: Any) -> Any: ...
+    def flip_last(self, x: Any) -> Any: ...
+    def max_last(self, x: Any) -> Any: ...
+    def counts(self, m: int, like: Any) -> Any: ...
+    def clip(self, x: Any, lower: float, upper: float, out: Any = None) -> Any: ...
+    def write(self, result: Any, out: Any) -> Any: ...
 
 
 NUMPY: Backend = numpy_backend.NumPyBackend()
 """The backend of NumPy arrays (and of array-likes)."""
 
 _TORCH: list[Backend] = []  # the torch backend, once torch was seen
-_BY_NAMESPACE: dict[int, Backend] = {}  # id(xp) -> backend; the backend holds xp, so ids stay valid
+# Module name -> backend of that module. Keyed by the name, not id(xp): torch.compile (Dynamo)
+# folds a module's __name__ and a dict lookup by a string into constants, while id() of a
+# module breaks the graph in older torch (2.11). The backend holds its module; a lookup checks
+# that it is the very module asked for (a reloaded module gets a backend of its own).
+_BY_NAME: dict[str, Backend] = {}
 
 
 def for_namespace(xp: Any) -> Backend:
@@ -82,11 +104,13 @@ def for_namespace(xp: Any) -> Backend:
     """
     if xp is np:
         return NUMPY
-    backend = _BY_NAMESPACE.get(id(xp))
-    if backend is None:
-        backend = _make(xp)
-        if isinstance(xp, ModuleType):  # namespaces are modules; keep any other object unkept
-            _BY_NAMESPACE[id(xp)] = backend
+    name = getattr(xp, "__name__", None)
+    backend = _BY_NAME.get(name) if type(name) is str else None
+    if backend is not None and backend.xp is xp:
+        return backend
+    backend = _make(xp)
+    if isinstance(xp, ModuleType) and type(name) is str:  # modules kept; other objects not
+        _BY_NAME[name] = backend
     return backend
 
 

@@ -72,6 +72,43 @@ class GenericBackend:
     def copy_into(self, w: Any, out: Any) -> Any:
         self.check_out(out, w)
 
+    # -- per-node projections on rows (``_polyhedral.py``) -----------------------------------
+
+    def permute(self, x: Any, order: tuple[int, ...]) -> Any:
+        return self.xp.permute_dims(x, order)
+
+    def sort_last(self, x: Any) -> Any:
+        return self.xp.sort(x, axis=-1)
+
+    def argsort_last(self, x: Any) -> Any:
+        return self.xp.argsort(x, axis=-1)
+
+    def take_last(self, x: Any, indices: Any) -> Any:
+        return self.xp.take_along_axis(x, indices, axis=-1)
+
+    def cumsum_last(self, x: Any) -> Any:
+        return self.xp.cumulative_sum(x, axis=-1)
+
+    def flip_last(self, x: Any) -> Any:
+        return self.xp.flip(x, axis=-1)
+
+    def max_last(self, x: Any) -> Any:
+        return self.xp.max(x, axis=-1, keepdims=True)
+
+    def counts(self, m: int, like: Any) -> Any:
+        return self.xp.arange(1, m + 1, dtype=like.dtype, device=getattr(like, "device", None))
+
+    def clip(self, x: Any, lower: float, upper: float, out: Any = None) -> Any:
+        # NaN stays NaN (TensorFlow's maximum does not propagate it, hence the comparisons).
+        if out is not None:
+            self.check_out(out, x)
+        return self.xp.where(x < lower, lower, self.xp.where(x > upper, upper, x))
+
+    def write(self, result: Any, out: Any) -> Any:
+        if out is not None:
+            self.check_out(out, result)
+        return result
+
 
 class KerasBackend(GenericBackend):
     """``keras.ops``: any input Keras takes becomes a backend tensor (a variable its value);
@@ -85,3 +122,12 @@ class KerasBackend(GenericBackend):
 
     def astype(self, x: Any, name: str) -> Any:
         return self.xp.cast(x, name)
+
+    def permute(self, x: Any, order: tuple[int, ...]) -> Any:
+        return self.xp.transpose(x, order)
+
+    def cumsum_last(self, x: Any) -> Any:
+        return self.xp.cumsum(x, axis=-1)
+
+    def counts(self, m: int, like: Any) -> Any:
+        return self.xp.arange(1, m + 1, dtype=dtype_name(like))

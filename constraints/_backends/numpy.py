@@ -69,3 +69,38 @@ class NumPyBackend:
     def copy_into(self, w: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.copyto(out, w)
         return out
+
+    # -- per-node projections on rows (``_polyhedral.py``) -----------------------------------
+
+    def permute(self, x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+        return np.transpose(x, order)
+
+    def sort_last(self, x: np.ndarray) -> np.ndarray:
+        return np.sort(x, axis=-1)
+
+    def argsort_last(self, x: np.ndarray) -> np.ndarray:
+        return np.argsort(x, axis=-1)
+
+    def take_last(self, x: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(x, indices, axis=-1)
+
+    def cumsum_last(self, x: np.ndarray) -> np.ndarray:
+        return np.cumsum(x, axis=-1)
+
+    def flip_last(self, x: np.ndarray) -> np.ndarray:
+        return np.flip(x, axis=-1)
+
+    def max_last(self, x: np.ndarray) -> np.ndarray:
+        return np.max(x, axis=-1, keepdims=True)
+
+    def counts(self, m: int, like: np.ndarray) -> np.ndarray:
+        return np.arange(1, m + 1, dtype=like.dtype)
+
+    def clip(self, x: np.ndarray, lower: float, upper: float, out: Any = None) -> np.ndarray:
+        return np.clip(x, lower, upper, out=out)
+
+    def write(self, result: np.ndarray, out: Any) -> np.ndarray:
+        if out is None:
+            return result
+        np.copyto(out, result)
+        return out

@@ -200,6 +200,38 @@ class TorchBackend:
     def copy_into(self, w: Any, out: Any) -> Any:
         return out.copy_(w)
 
+    # -- per-node projections on rows (``_polyhedral.py``) -----------------------------------
+
+    def permute(self, x: Any, order: tuple[int, ...]) -> Any:
+        return x.permute(*order)
+
+    def sort_last(self, x: Any) -> Any:
+        return self.xp.sort(x, dim=-1).values
+
+    def argsort_last(self, x: Any) -> Any:
+        return self.xp.argsort(x, dim=-1)
+
+    def take_last(self, x: Any, indices: Any) -> Any:
+        return self.xp.gather(x, -1, indices)
+
+    def cumsum_last(self, x: Any) -> Any:
+        return self.xp.cumsum(x, dim=-1)
+
+    def flip_last(self, x: Any) -> Any:
+        return self.xp.flip(x, dims=(-1,))
+
+    def max_last(self, x: Any) -> Any:
+        return self.xp.amax(x, dim=-1, keepdim=True)
+
+    def counts(self, m: int, like: Any) -> Any:
+        return self.xp.arange(1, m + 1, dtype=like.dtype, device=like.device)
+
+    def clip(self, x: Any, lower: float, upper: float, out: Any = None) -> Any:
+        return self.xp.clamp(x, lower, upper, out=out)
+
+    def write(self, result: Any, out: Any) -> Any:
+        return result if out is None else out.copy_(result)
+
 
 def _shares_entries(t: Any) -> bool:
     """Whether two entries of ``t`` lie at the same address (a stride 0 over a dim of size > 1,

@@ -87,7 +87,93 @@ def test_config_round_trip_through_json(constraint):
     assert again == constraint
     assert hash(again) == hash(constraint)
     assert repr(again) == repr(constraint)
+    assert wc.get({"class_name": type(constraint).__qualname__, "config": config}) == constraint
     assert wc.get({"class_name": type(constraint).__name__, "config": config}) == constraint
+
+
+ALL_CLASSES = [
+    wc.MaxNorm,
+    wc.UnitNorm,
+    wc.MinMaxNorm,
+    wc.NonNeg,
+    wc.Clip,
+    wc.BoxMaxNorm,
+    wc.Simplex,
+    wc.MaxL1Norm,
+]
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.__qualname__)
+def test_class_names_that_keras_cannot_mistake_for_its_own(cls):
+    """Keras saves ``type(obj).__name__`` as the ``class_name`` and, without our registration,
+    looks it up among its own classes (``MaxNorm``...): the saved name must not be one of them,
+    while ``__qualname__``, ``repr``, pickling and ``get`` keep the plain name."""
+    import pickle
+
+    name = cls.__qualname__
+    assert cls.__name__ == f"weight_constraints.{name}"
+    assert cls.__module__.startswith("weight_constraints.")
+    assert getattr(wc, name) is cls
+    constraint = wc.get({"class_name": name, "config": CONSTRUCTED[name].get_config()})
+    assert repr(constraint).startswith(f"{name}(")
+    assert pickle.loads(pickle.dumps(constraint)) == constraint
+    assert type(wc.get({"class_name": cls.__name__, "config": constraint.get_config()})) is cls
+    with pytest.raises(ValueError) as error:
+        wc.get("no_such_constraint")
+    assert "weight_constraints." not in str(error.value)  # the saved names are not listed
+
+
+CONSTRUCTED = {
+    "MaxNorm": wc.MaxNorm(3),
+    "UnitNorm": wc.UnitNorm(1),
+    "MinMaxNorm": wc.MinMaxNorm(0.5, 2.0),
+    "NonNeg": wc.NonNeg(),
+    "Clip": wc.Clip(-1.0, 1.0),
+    "BoxMaxNorm": wc.BoxMaxNorm(-1.0, 1.0, 2.0),
+    "Simplex": wc.Simplex(2.0),
+    "MaxL1Norm": wc.MaxL1Norm(1.5),
+}
+
+
+@pytest.mark.parametrize(
+    "identifier, missing",
+    [
+        ("clip", "lower, upper"),
+        ("Clip", "lower, upper"),
+        (wc.Clip, "lower, upper"),
+        ("box_max_norm", "lower, upper, max_value"),
+        (wc.BoxMaxNorm, "lower, upper, max_value"),
+        ("max_l1_norm", "max_value"),
+        ("MaxL1Norm", "max_value"),
+    ],
+    ids=str,
+)
+def test_get_names_the_parameters_a_class_cannot_do_without(identifier, missing):
+    with pytest.raises(
+        ValueError,
+        match=rf"has no default for the parameters? {missing}: pass an "
+        r"object such as .*\(.*=\.\.\.\) or a config dict",
+    ):
+        wc.get(identifier)
+
+
+@pytest.mark.parametrize(
+    "config, missing",
+    [
+        ({"class_name": "clip"}, "the parameters lower, upper"),
+        ({"class_name": "Clip", "config": {"lower": -1}}, "the parameter upper"),
+        ({"class_name": "MaxL1Norm", "config": {"axis": 1}}, "the parameter max_value"),
+    ],
+    ids=str,
+)
+def test_get_names_what_a_config_lacks(config, missing):
+    with pytest.raises(ValueError, match=rf"config of a \w+ needs {missing}, got"):
+        wc.get(config)
+
+
+def test_get_with_defaults_still_works_for_the_new_kinds():
+    assert wc.get("simplex") == wc.Simplex()
+    assert wc.get(wc.Simplex) == wc.Simplex()
 
 
 @given(
@@ -347,6 +433,46 @@ def test_zero_nodes_and_tiny_nodes():
     np.testing.assert_array_equal(wc.max_norm(w, 0.0), 0.0)
     # float64 represents these squares: normalised exactly
     np.testing.assert_allclose(wc.unit_norm(w.astype(np.float64))[:, 1], [1 / np.sqrt(3)] * 3)
+
+
+class InexactDivision(np.ndarray):
+    """NumPy arrays whose division rounds up by one ulp: a stand-in for a GPU whose float32
+    division is not correctly rounded (there ``n / n`` is not always 1)."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [x.view(np.ndarray) if isinstance(x, InexactDivision) else x for x in inputs]
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if ufunc is np.divide:
+            result = np.nextafter(result, np.inf)
+        return result.view(InexactDivision) if isinstance(result, np.ndarray) else result
+
+    def __array_function__(self, func, types, args, kwargs):  # np.where, ... keep the type
+        result = super().__array_function__(func, types, args, kwargs)
+        return result.view(InexactDivision) if isinstance(result, np.ndarray) else result
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [wc.UnitNorm(), wc.MinMaxNorm(0.5, 2.0), wc.MinMaxNorm(0.5, 2.0, rate=0.3)],
+    ids=repr,
+)
+def test_the_factor_is_exactly_one_where_the_norm_is_kept(constraint):
+    """Nodes whose norm is already the target get the factor 1 without a division, so they
+    come back bit for bit even where division is inexact; elsewhere the factor is the
+    division's."""
+    n = np.array([1.0, 0.75, 2.0, 0.5, 0.1, 3.0, 0.0, np.nan], np.float32)
+    exact = constraint.factor(n, "float32", np)
+    n_inexact = n.view(InexactDivision)
+    assert np.divide(n_inexact, n_inexact)[0] != 1.0  # the stand-in divides inexactly
+    got = np.asarray(constraint.factor(n_inexact, "float32", np))
+    target = n * exact  # exact on these values: the norm each node is given
+    kept = (target == n) | ~(n > 0)
+    if isinstance(constraint, wc.UnitNorm):
+        assert kept.tolist() == [True, False, False, False, False, False, True, True]
+    else:
+        assert kept.tolist() == [True, True, True, True, False, False, True, True]
+    np.testing.assert_array_equal(got[kept], 1.0)
+    np.testing.assert_array_equal(got[~kept], np.nextafter(exact[~kept], np.float32(np.inf)))
 
 
 def test_empty_arrays():

@@ -280,3 +280,43 @@ def test_torch_compile_traces_the_core_in_one_graph():
     got, expected = compiled(tensors), project_all(copies)
     for a, b in zip([*tensors, *got], [*copies, *expected], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_compile_needs_no_id_of_a_module(monkeypatch):
+    """torch 2.11's Dynamo cannot take ``id()`` of a module (it breaks the graph; newer torch
+    can): the backend lookup must not need it. Dynamo's ``id()`` of a module is made to break
+    the graph here, as there, and the core with an explicit ``xp=torch`` (and the polyhedral
+    kinds, which look their backend up inside) must still compile into one graph."""
+    from torch._dynamo.exc import Unsupported
+    from torch._dynamo.variables import PythonModuleVariable
+    from torch._dynamo.variables.builtin import BuiltinVariable
+
+    original = BuiltinVariable.call_id
+
+    def call_id(self, tx, *args):
+        if any(isinstance(arg, PythonModuleVariable) for arg in args):
+            raise Unsupported("id() of a module (as in torch 2.11)")
+        return original(self, tx, *args)
+
+    monkeypatch.setattr(BuiltinVariable, "call_id", call_id)
+    min_max = wc.MinMaxNorm(0.5, 1.5)
+
+    def project(w):
+        return (
+            wc.max_norm(w, 1.0, xp=torch),
+            wc.unit_norm(w, 1, xp=torch),
+            wc.node_norms(w, 0, xp=torch),
+            wc.simplex(w, 1.0, 1, xp=torch),
+            wc.clip(w, -0.5, 0.5, xp=torch),
+            min_max(w),
+            min_max.factor(wc.node_norms(w, 0, keepdims=True), "float64", torch),
+        )
+
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(project, fullgraph=True)
+        w = torch.randn(6, 5, dtype=torch.float64) * 3
+        for got, want in zip(compiled(w), project(w), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    finally:
+        torch._dynamo.reset()

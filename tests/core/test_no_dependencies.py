@@ -6,7 +6,19 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "tensorflow", "keras", "jax", "array_api_compat", "ml_dtypes", "scipy"]
+HEAVY = [
+    "torch",
+    "tensorflow",
+    "keras",
+    "jax",
+    "optax",
+    "flax",
+    "lightning",
+    "transformers",
+    "array_api_compat",
+    "ml_dtypes",
+    "scipy",
+]
 
 SCRIPT = f"""
 HEAVY = {HEAVY!r}
@@ -17,6 +29,7 @@ import weight_constraints.adapters
 w = np.ones((3, 2), np.float32)
 wc.max_norm(w, 1.0, out=w); wc.unit_norm(w); wc.min_max_norm(w); wc.non_neg(w); wc.node_norms(w)
 wc.get("max_norm")(w)
+wc.clip(w, -1.0, 1.0); wc.box_max_norm(w, -1.0, 1.0, 1.0); wc.simplex(w); wc.max_l1_norm(w, 1.0)
 print(json.dumps(sorted(m for m in sys.modules if m.partition(".")[0] in HEAVY)))
 """
 

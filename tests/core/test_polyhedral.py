@@ -533,9 +533,12 @@ def test_config_round_trip_through_json(constraint):
     again = type(constraint).from_config(config)
     assert again == constraint and hash(again) == hash(constraint)
     assert repr(again) == repr(constraint)
+    assert wc.get({"class_name": type(constraint).__qualname__, "config": config}) == constraint
     assert wc.get({"class_name": type(constraint).__name__, "config": config}) == constraint
     assert wc.get({"class_name": constraint.name, "config": config}) == constraint
-    namespace = {cls.__name__: cls for cls in (wc.Clip, wc.BoxMaxNorm, wc.Simplex, wc.MaxL1Norm)}
+    namespace = {
+        cls.__qualname__: cls for cls in (wc.Clip, wc.BoxMaxNorm, wc.Simplex, wc.MaxL1Norm)
+    }
     assert eval(repr(constraint), {**namespace, "inf": INF}) == constraint
 
 
