@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -109,6 +110,9 @@ class AuditRow(NamedTuple):
         violation: The largest distance of a node from its set (``0.0`` when every node is
             inside; ``nan`` when a node holds NaN; ``None`` without a constraint).
         note: Why a constraint is not active, or what else to know; ``""`` when nothing.
+        dtype: The weight's dtype, by name (``"bfloat16"``; a dtype object such as
+            ``torch.bfloat16`` is read by its name), or ``None`` when not known. Weights are
+            projected in their dtype, so :meth:`Audit.problems` allows its rounding.
     """
 
     name: str
@@ -118,6 +122,7 @@ class AuditRow(NamedTuple):
     active: bool
     violation: float | None
     note: str = ""
+    dtype: Any = None
 
 
 class Audit(list):
@@ -127,22 +132,63 @@ class Audit(list):
         return format_table(self)
 
     def problems(self, tol: float = 1e-5) -> list[AuditRow]:
-        """Rows with a constraint that is not active or is violated by more than ``tol``
-        (relative to the constraint's scale, a NaN node counting as violated)."""
-        return [
-            row
-            for row in self
-            if row.constraint is not None
-            and (
-                not row.active
-                or row.violation is None
-                or not (row.violation <= tol * max(1.0, _scale(row.constraint)))
-            )
-        ]
+        """Rows with a constraint that is not active or is violated by more than the row's
+        tolerance (a NaN node counting as violated).
+
+        A row's tolerance is ``max(tol, rounding) * max(1, scale)``: ``rounding`` is twice the
+        machine epsilon of the row's ``dtype`` (``2**-7`` for bfloat16; 0 when the dtype is not
+        known), since a weight projected onto its set is rounded to its dtype; ``scale`` is the
+        constraint's own bound (``max_value``, ``radius``, or the largest finite ``|lower|``,
+        ``|upper|``: see :func:`scale`).
+        """
+        return [row for row in self if row.constraint is not None and not _satisfied(row, tol)]
 
 
-def _scale(constraint: Any) -> float:
-    return float(getattr(constraint, "max_value", 1.0) or 1.0)
+def _satisfied(row: AuditRow, tol: float) -> bool:
+    if not row.active or row.violation is None:
+        return False
+    return row.violation <= max(tol, rounding(row.dtype)) * max(1.0, scale(row.constraint))
+
+
+# Twice the machine epsilon of each floating dtype: the rounding of a projected weight.
+_ROUNDING = {"float16": 2.0**-9, "bfloat16": 2.0**-6, "float32": 2.0**-22, "float64": 2.0**-51}
+
+
+def rounding(dtype: Any) -> float:
+    """Twice the machine epsilon of ``dtype`` (a name such as ``"bfloat16"`` or a dtype object of
+    NumPy, torch, JAX or Keras), 0.0 for ``None`` or a dtype that is not a floating one.
+
+    Example:
+        >>> rounding("bfloat16"), rounding("float32") == 2 * 2.0**-23, rounding(None)
+        (0.015625, True, 0.0)
+    """
+    if dtype is None:
+        return 0.0
+    name = getattr(dtype, "name", None)
+    if not isinstance(name, str):  # a scalar type (numpy.float32, jax.numpy.bfloat16) or torch
+        name = dtype.__name__ if isinstance(dtype, type) else str(dtype)
+    return _ROUNDING.get(name.removeprefix("torch."), 0.0)
+
+
+def scale(constraint: Any) -> float:
+    """The size of a constraint's set, the unit its violation is measured in: the largest of
+    its finite bounds ``max_value``, ``radius``, ``|lower|`` and ``|upper|`` (1.0 when it has
+    none, as ``UnitNorm`` and ``NonNeg``).
+
+    Example:
+        >>> import weight_constraints as wc
+        >>> scale(wc.MaxNorm(3)), scale(wc.Simplex(2.0)), scale(wc.Clip(-4, float("inf")))
+        (3.0, 2.0, 4.0)
+        >>> scale(wc.BoxMaxNorm(-0.5, 0.5, 1.5)), scale(wc.UnitNorm())
+        (1.5, 1.0)
+    """
+    bounds = []
+    for attribute in ("max_value", "radius", "lower", "upper"):
+        value = getattr(constraint, attribute, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                bounds.append(abs(float(value)))
+    return max(bounds, default=1.0) or 1.0
 
 
 def format_table(rows: Iterable[AuditRow]) -> str:

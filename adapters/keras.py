@@ -2,7 +2,8 @@
 
 ``MaxNorm``, ``UnitNorm``, ``MinMaxNorm`` and ``NonNeg`` (and the snake_case aliases Keras has)
 take exactly the arguments of their ``keras.constraints`` namesakes, so changing the import line
-is enough::
+is enough (``Clip``, ``BoxMaxNorm``, ``Simplex`` and ``MaxL1Norm``, the core's box, simplex and
+L1 kinds, have no Keras namesake and take the core's arguments)::
 
     from weight_constraints.adapters.keras import max_norm   # was: from keras.constraints ...
     Dense(32, kernel_constraint=max_norm(3), bias_constraint=max_norm(3))
@@ -49,6 +50,7 @@ from keras import ops
 
 import weight_constraints as wc
 from weight_constraints._checks import DEFAULT_AXIS, normalize_axes
+from weight_constraints._objects import with_defaults
 
 from ._rules import (
     Audit,
@@ -63,23 +65,31 @@ from ._rules import (
 __all__ = [
     "ApplyConstraints",
     "Attached",
+    "BoxMaxNorm",
+    "Clip",
     "Constraint",
     "ConstraintStats",
+    "MaxL1Norm",
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
+    "Simplex",
     "UnitNorm",
     "apply_constraints",
     "audit",
+    "box_max_norm",
+    "clip",
     "constrain",
     "constraint_stats",
     "deserialize",
     "get",
+    "max_l1_norm",
     "max_norm",
     "min_max_norm",
     "non_neg",
     "per_node_axis",
     "serialize",
+    "simplex",
     "to_keras",
     "unit_norm",
 ]
@@ -101,6 +111,13 @@ class _CoreBacked(Constraint):
 
     def get_config(self) -> dict[str, Any]:
         return self._core.get_config()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> _CoreBacked:
+        """The constraint of a config, checked as the core's :func:`weight_constraints.get`
+        checks it: a ValueError naming an unknown or a missing parameter."""
+        core_class = next(_CORE_CLASSES[c] for c in cls.__mro__ if c in _CORE_CLASSES)
+        return cls._from_core(wc.get({"class_name": core_class.__qualname__, "config": config}))
 
     @classmethod
     def _from_core(cls, core: wc.Constraint) -> _CoreBacked:
@@ -212,17 +229,118 @@ class NonNeg(_CoreBacked):
         self._core = wc.NonNeg()
 
 
+@_register
+class Clip(_CoreBacked):
+    """Every entry clipped to ``[lower, upper]`` (see :func:`weight_constraints.clip`);
+    ``Clip(0, inf)`` is :class:`NonNeg`. No Keras namesake.
+
+    Args:
+        lower (float): The smallest value an entry may have; may be ``-inf``.
+        upper (float): The largest value an entry may have, ``>= lower``; may be ``inf``.
+
+    Example:
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import Clip
+        >>> keras.ops.convert_to_numpy(Clip(-0.1, 0.1)(keras.ops.array([0.5, -0.05, -2.0])))
+        array([ 0.1 , -0.05, -0.1 ], dtype=float32)
+    """
+
+    def __init__(self, lower, upper):
+        self._core = wc.Clip(lower, upper)
+
+
+@_register
+class BoxMaxNorm(_CoreBacked):
+    """Every node projected onto the box ``[lower, upper]`` (containing 0) within the L2 ball of
+    radius ``max_value`` (see :func:`weight_constraints.box_max_norm`). No Keras namesake.
+
+    Args:
+        lower (float): The smallest value an entry may have, ``<= 0``; may be ``-inf``.
+        upper (float): The largest value an entry may have, ``>= 0``; may be ``inf``.
+        max_value (float): The largest norm of the incoming weights of a unit.
+        axis (int | tuple[int, ...] | None): The axis or axes each node spans (see
+            :class:`MaxNorm`).
+
+    Example:
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import BoxMaxNorm
+        >>> w = keras.ops.array([[3.0], [-1.0], [4.0]])  # one node: clipped at 0, then scaled
+        >>> keras.ops.convert_to_numpy(BoxMaxNorm(0.0, float("inf"), max_value=1.0)(w))
+        array([[0.6],
+               [0. ],
+               [0.8]], dtype=float32)
+    """
+
+    def __init__(self, lower, upper, max_value, axis=DEFAULT_AXIS):
+        self._core = wc.BoxMaxNorm(lower, upper, max_value, axis)
+
+
+@_register
+class Simplex(_CoreBacked):
+    """Every node projected onto the simplex: entries ``>= 0`` summing to ``radius`` (see
+    :func:`weight_constraints.simplex`). No Keras namesake.
+
+    Args:
+        radius (float): The sum of the incoming weights of a unit.
+        axis (int | tuple[int, ...] | None): The axis or axes each node spans (see
+            :class:`MaxNorm`).
+
+    Example:
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import Simplex
+        >>> w = keras.ops.array([[0.5, 2.0], [1.5, 0.0]])  # one node per column
+        >>> keras.ops.convert_to_numpy(Simplex()(w))
+        array([[0., 1.],
+               [1., 0.]], dtype=float32)
+    """
+
+    def __init__(self, radius=1.0, axis=DEFAULT_AXIS):
+        self._core = wc.Simplex(radius, axis)
+
+
+@_register
+class MaxL1Norm(_CoreBacked):
+    """Every node projected onto the L1 ball of radius ``max_value`` (see
+    :func:`weight_constraints.max_l1_norm`). No Keras namesake.
+
+    Args:
+        max_value (float): The largest L1 norm of the incoming weights of a unit.
+        axis (int | tuple[int, ...] | None): The axis or axes each node spans (see
+            :class:`MaxNorm`).
+
+    Example:
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import MaxL1Norm
+        >>> w = keras.ops.array([[3.0, 0.25], [-2.0, 0.5]])  # L1 norms 5 and 0.75
+        >>> keras.ops.convert_to_numpy(MaxL1Norm(2.0)(w))
+        array([[ 1.5 ,  0.25],
+               [-0.5 ,  0.5 ]], dtype=float32)
+    """
+
+    def __init__(self, max_value, axis=DEFAULT_AXIS):
+        self._core = wc.MaxL1Norm(max_value, axis)
+
+
 max_norm = MaxNorm
 unit_norm = UnitNorm
 min_max_norm = MinMaxNorm
 non_neg = NonNeg
+clip = Clip
+box_max_norm = BoxMaxNorm
+simplex = Simplex
+max_l1_norm = MaxL1Norm
 
 _TWINS: dict[type[wc.Constraint], type[_CoreBacked]] = {
     wc.MaxNorm: MaxNorm,
     wc.UnitNorm: UnitNorm,
     wc.MinMaxNorm: MinMaxNorm,
     wc.NonNeg: NonNeg,
+    wc.Clip: Clip,
+    wc.BoxMaxNorm: BoxMaxNorm,
+    wc.Simplex: Simplex,
+    wc.MaxL1Norm: MaxL1Norm,
 }
+_CORE_CLASSES = {twin: core for core, twin in _TWINS.items()}
 
 # Keras's own classes and their core counterparts.
 _KERAS_BUILTINS: dict[type, type[wc.Constraint]] = {
@@ -232,17 +350,21 @@ _KERAS_BUILTINS: dict[type, type[wc.Constraint]] = {
     keras.constraints.NonNeg: wc.NonNeg,
 }
 
-# Core objects used directly as layer constraints save and load too.
+# Core objects used directly as layer constraints save and load too. They are saved under the
+# registered name weight_constraints.core>MaxNorm and the class name weight_constraints.MaxNorm
+# (the core's __name__, which no Keras class has: a process without this module gets an error,
+# never keras.constraints.MaxNorm). A process that saved them without this module wrote the
+# class name as the registered name too: it is registered as well, so such files load as ours.
 for _core_class in _TWINS:
-    keras.saving.register_keras_serializable(package=f"{_PACKAGE}.core")(_core_class)
+    keras.saving.register_keras_serializable(
+        package=f"{_PACKAGE}.core", name=_core_class.__qualname__
+    )(_core_class)
+    keras.saving.get_custom_objects()[_core_class.__name__] = _core_class
 
 # The names get() and deserialize() know, as in keras.constraints: class and snake_case names.
 _OBJECTS: dict[str, type] = {
     **{cls.__qualname__: cls for cls in (*_TWINS.values(), Constraint)},
-    "max_norm": MaxNorm,
-    "unit_norm": UnitNorm,
-    "min_max_norm": MinMaxNorm,
-    "non_neg": NonNeg,
+    **{core.name: twin for core, twin in _TWINS.items()},  # max_norm, ..., simplex, clip
     "constraint": Constraint,
 }
 
@@ -278,7 +400,8 @@ def get(identifier: Any) -> Any:
     callable (returned as it is). A core constraint becomes its Keras twin.
 
     Raises:
-        ValueError: The identifier is not a known name, config or callable.
+        ValueError: The identifier is not a known name, config or callable, or names a class
+            with required parameters (``"clip"``: pass ``Clip(lower, upper)`` or a config).
 
     Example:
         >>> import weight_constraints as wc
@@ -295,7 +418,7 @@ def get(identifier: Any) -> Any:
     else:
         obj = identifier
     if inspect.isclass(obj):
-        obj = obj()
+        obj = with_defaults(obj)  # ValueError naming what a class cannot do without
     if isinstance(obj, wc.Constraint):
         return to_keras(obj)
     if callable(obj) and not isinstance(obj, str):
@@ -316,8 +439,9 @@ def _core_of(constraint: Any) -> wc.Constraint | None:
 
 
 def to_keras(constraint: Any) -> _CoreBacked:
-    """The Keras twin of a constraint: a core object, a name, a config, a ``keras.constraints``
-    ``MaxNorm``/``UnitNorm``/``MinMaxNorm``/``NonNeg``, or one of ours (returned as is).
+    """The Keras twin of a constraint: a core object (any of the eight kinds), a name, a config,
+    a ``keras.constraints`` ``MaxNorm``/``UnitNorm``/``MinMaxNorm``/``NonNeg``, or one of ours
+    (returned as is).
 
     A default axis stays the default; the axis of a ``keras.constraints`` object counts as given
     (Keras cannot tell its default from an explicit 0).
@@ -689,8 +813,9 @@ def _row(variable: Any, owner: Any, trainable: set[int], use_ema: bool) -> Audit
         layer, weight = owner
         attribute = getattr(layer, weight.constraint_attribute, None)
     constraint = variable.constraint if variable.constraint is not None else attribute
+    dtype = keras.backend.standardize_dtype(variable.dtype)
     if constraint is None:
-        return AuditRow(name, shape, None, None, False, None)
+        return AuditRow(name, shape, None, None, False, None, "", dtype)
     notes = []
     if variable.constraint is None:
         notes.append(f"only in {owner[1].constraint_attribute}, not on the variable: not applied")
@@ -715,7 +840,7 @@ def _row(variable: Any, owner: Any, trainable: set[int], use_ema: bool) -> Audit
         violation = float(np.max(np.abs(weights.astype(np.float64) - projected), initial=0.0))
         notes.append("custom constraint: largest entry change")
     active = variable.constraint is not None and id(variable) in trainable
-    return AuditRow(name, shape, constraint, axes, active, violation, "; ".join(notes))
+    return AuditRow(name, shape, constraint, axes, active, violation, "; ".join(notes), dtype)
 
 
 def audit(model: Any, *, strict: bool = False, tol: float = 1e-5) -> Audit:
@@ -732,8 +857,9 @@ def audit(model: Any, *, strict: bool = False, tol: float = 1e-5) -> Audit:
     Args:
         model: A built Keras model or layer.
         strict: Raise when a constrained weight is not active or is violated by more than
-            ``tol`` (relative to ``max_value``).
-        tol: The tolerance of ``strict``.
+            ``tol`` (relative to the constraint's bound, ``max_value``, ``radius``...).
+        tol: The tolerance of ``strict``; at least the rounding of the weight's dtype (2 eps:
+            ``2**-6`` for bfloat16), since a projected weight is rounded to its dtype.
 
     Returns:
         The rows, a list that prints as a table.

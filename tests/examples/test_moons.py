@@ -145,7 +145,19 @@ def test_study_help():
         assert flag in result.stdout
 
 
-@pytest.mark.parametrize("constraint", [None, wc.UnitNorm(), wc.MaxNorm(0.5)], ids=repr)
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        None,
+        wc.UnitNorm(),
+        wc.MaxNorm(0.5),
+        wc.Simplex(),
+        wc.BoxMaxNorm(-0.5, 0.5, 1.0),
+        wc.MaxL1Norm(0.5),
+        wc.Clip(-0.1, 0.1),
+    ],
+    ids=repr,
+)
 def test_batched_ensemble_equals_training_each_repeat_alone(constraint):
     import moons_study
     import moons_torch

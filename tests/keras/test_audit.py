@@ -11,6 +11,7 @@ import pytest
 from keras import layers, ops
 
 import weight_constraints as wc
+from weight_constraints.adapters import _rules as wk_rules
 from weight_constraints.adapters import keras as wk
 
 
@@ -126,6 +127,49 @@ def test_notes_on_what_the_optimizer_does_not_see():
     assert row.violation == pytest.approx(np.max(np.abs(kernel - np.clip(kernel, -0.1, 0.1))))
     with pytest.raises(RuntimeError, match="m/attribute_only/kernel"):
         wk.audit(model, strict=True)
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [wk.MaxNorm(1.0), wk.UnitNorm(), wk.MinMaxNorm(0.5, 0.75), wk.Simplex(), wk.MaxL1Norm(2.0)],
+    ids=repr,
+)
+def test_half_precision_weights_on_the_boundary_are_not_reported(constraint):
+    """A projected bfloat16 weight is rounded to bfloat16: its distance from the set is of the
+    order of its dtype's rounding, which the audit allows (and nothing more)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((16,)), layers.Dense(8, kernel_constraint=constraint, dtype="bfloat16")]
+    )
+    wk.apply_constraints(model)
+    rows = wk.audit(model)
+    (row,) = [r for r in rows if r.constraint is not None]
+    assert row.dtype == "bfloat16"
+    assert 1e-5 < row.violation <= 2**-6 * wk_rules.scale(constraint)  # rounding, not zero
+    assert rows.problems() == []
+    wk.audit(model, strict=True)
+    model.get_layer(index=0).kernel.assign(ops.cast(ops.ones((16, 8)), "bfloat16"))  # far out
+    assert [r.name for r in wk.audit(model).problems()] == [row.name]
+
+
+def test_problems_measure_each_row_by_its_own_bound_and_dtype():
+    def row(constraint, violation, dtype=None):
+        return wk_rules.AuditRow("w", (3,), constraint, None, True, violation, "", dtype)
+
+    rows = wk_rules.Audit(
+        [
+            row(wc.Simplex(100.0), 5e-4),  # 5e-6 of the radius
+            row(wc.Clip(-50.0, 50.0), 4e-4),  # 8e-6 of the bounds
+            row(wc.BoxMaxNorm(-0.5, 0.5, 200.0), 1e-3),  # 5e-6 of max_value
+            row(wc.Clip(-float("inf"), 30.0), 2e-4),  # the finite bound
+            row(wc.MaxNorm(1.0), 2e-3, "bfloat16"),  # within bfloat16's rounding
+            row(wc.MaxNorm(1.0), 2e-3, "float32"),  # far beyond float32's
+            row(wc.UnitNorm(), 2e-3),  # no dtype given: tol alone
+        ]
+    )
+    assert [rows.index(r) for r in rows.problems(1e-5)] == [5, 6]
+    assert rows.problems(1e-5)[0].dtype == "float32"
+    assert wk_rules.AuditRow("w", (3,), None, None, False, None)._fields[-1] == "dtype"
 
 
 def test_audit_needs_a_built_model():

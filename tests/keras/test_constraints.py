@@ -252,3 +252,151 @@ def test_every_dtype_and_input_type(constraint, dtype, kind):
         if not isinstance(constraint, wk.UnitNorm):
             keep = (inside >= getattr(constraint, "min_value", 0.0)) & (inside <= 1.5)
             np.testing.assert_array_equal(got[:, keep], exact[:, keep])  # bit for bit
+
+
+# -- the box, simplex and L1 kinds (no Keras namesakes) -----------------------------------------
+
+NEW_KINDS = [
+    (wk.Clip, wc.Clip, "clip"),
+    (wk.BoxMaxNorm, wc.BoxMaxNorm, "box_max_norm"),
+    (wk.Simplex, wc.Simplex, "simplex"),
+    (wk.MaxL1Norm, wc.MaxL1Norm, "max_l1_norm"),
+]
+NEW_OBJECTS = [
+    wk.Clip(-0.3, 0.5),
+    wk.BoxMaxNorm(-0.4, 0.6, 0.9),
+    wk.Simplex(1.25),  # a radius every dtype holds exactly
+    wk.MaxL1Norm(1.7),
+]
+
+
+@pytest.mark.parametrize(
+    "ours, core, alias", NEW_KINDS, ids=lambda x: getattr(x, "__qualname__", x)
+)
+def test_new_kinds_take_the_core_arguments_and_have_snake_case_aliases(ours, core, alias):
+    assert issubclass(ours, keras.constraints.Constraint)
+    mine = inspect.signature(ours).parameters
+    theirs = inspect.signature(core).parameters
+    assert [(p.name, p.default) for p in mine.values()] == [
+        (p.name, p.default) for p in theirs.values()
+    ]
+    assert getattr(wk, alias) is ours and alias in wk.__all__ and ours.__qualname__ in wk.__all__
+    assert wk._TWINS[core] is ours
+    assert wk.get(alias if alias == "simplex" else core(**ARGUMENTS[alias])) is not None
+
+
+ARGUMENTS = {
+    "clip": {"lower": -1.0, "upper": 1.0},
+    "box_max_norm": {"lower": -1.0, "upper": 1.0, "max_value": 2.0},
+    "simplex": {},
+    "max_l1_norm": {"max_value": 2.0},
+}
+
+
+@pytest.mark.parametrize(
+    "ours, core, alias", NEW_KINDS, ids=lambda x: getattr(x, "__qualname__", x)
+)
+def test_new_kinds_are_registered_under_names_keras_does_not_have(ours, core, alias):
+    constraint = ours(**ARGUMENTS[alias])
+    config = wk.serialize(constraint)
+    name = ours.__qualname__
+    assert config["class_name"] == f"weight_constraints.{name}"
+    assert config["registered_name"] == f"weight_constraints>{name}"
+    assert config["module"] == "weight_constraints.adapters.keras"
+    assert config["class_name"] not in keras.constraints.__dict__
+    assert repr(ours) == f"<class 'weight_constraints.adapters.keras.{name}'>"
+    for load in (keras.constraints.deserialize, keras.constraints.get, wk.deserialize, wk.get):
+        again = load(config)
+        assert type(again) is ours and again == constraint
+    assert wk.to_keras(core(**ARGUMENTS[alias])) == constraint
+    assert wk.to_keras({"class_name": alias, "config": ARGUMENTS[alias]}) == constraint
+    assert constraint.core == core(**ARGUMENTS[alias])
+    assert repr(constraint) == repr(constraint.core)
+
+
+@pytest.mark.parametrize(
+    "make, explicit",
+    [
+        (lambda: wk.Simplex(), False),
+        (lambda: wk.Simplex(2.0, 0), True),
+        (lambda: wk.BoxMaxNorm(-1, 1, 2), False),
+        (lambda: wk.BoxMaxNorm(-1, 1, 2, axis=0), True),
+        (lambda: wk.MaxL1Norm(1.0), False),
+        (lambda: wk.MaxL1Norm(1.0, axis=0), True),
+        (lambda: wk.get("simplex"), False),
+        (lambda: wk.to_keras(wc.MaxL1Norm(1.0)), False),
+        (lambda: wk.to_keras(wc.BoxMaxNorm(-1, 1, 2)), False),
+    ],
+)
+def test_the_new_kinds_keep_the_default_axis(make, explicit):
+    constraint = make()
+    assert constraint.axis == 0 and repr(constraint.axis) == "0"
+    assert is_default_axis(constraint.axis) is not explicit
+    assert is_default_axis(constraint.core.axis) is not explicit
+
+
+@pytest.mark.parametrize(
+    "identifier, missing",
+    [
+        ("clip", "lower, upper"),
+        ("Clip", "lower, upper"),
+        (wk.Clip, "lower, upper"),
+        ("box_max_norm", "lower, upper, max_value"),
+        (wk.BoxMaxNorm, "lower, upper, max_value"),
+        ("max_l1_norm", "max_value"),
+        (wc.MaxL1Norm, "max_value"),
+    ],
+    ids=str,
+)
+def test_get_names_the_required_parameters(identifier, missing):
+    with pytest.raises(ValueError, match=rf"no default for the parameters? {missing}: pass an"):
+        wk.get(identifier)
+
+
+def test_configs_missing_a_parameter_are_a_value_error():
+    with pytest.raises(ValueError, match="config of a Clip needs the parameter upper"):
+        wk.get({"class_name": "Clip", "config": {"lower": -1.0}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'radus'"):
+        wk.Simplex.from_config({"radus": 2.0})
+
+
+@pytest.mark.parametrize("name", ["dense", "conv2d", "lstm_kernel", "lstm_recurrent"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("constraint", NEW_OBJECTS, ids=repr)
+def test_new_kinds_agree_with_the_numpy_core(constraint, dtype, name):
+    """The Keras twin on the current backend against the NumPy core, on the same values: equal to
+    the accumulation dtype's rounding, and bit for bit on the nodes the projection keeps (every
+    other node is replaced by its projection first, so that there are such nodes)."""
+    import ml_dtypes
+
+    kernel, axes = kernels()[name]
+    held = held_dtype(dtype)
+    w = kernel.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else held)
+    if hasattr(constraint, "axis"):
+        constraint = type(constraint).from_config({**constraint.get_config(), "axis": axes})
+        nodes = np.moveaxis(w, axes, range(len(axes)))  # a view: (*node entries, *nodes)
+        if isinstance(constraint, wk.Simplex):  # on the simplex: radius in one entry
+            inside = np.zeros_like(nodes)
+            inside.reshape(-1, *inside.shape[len(axes) :])[0] = constraint.radius
+        else:  # halfway to the origin from the projection: inside the box and the ball
+            inside = np.moveaxis(constraint.core(w), axes, range(len(axes))) * 0.5
+        nodes[..., ::2] = inside[..., ::2]
+    want = constraint.core(w)  # the NumPy core, same dtype, same accumulation
+    result = constraint(keras.Variable(w, dtype=dtype))
+    assert keras.backend.standardize_dtype(result.dtype) == held
+    got = ops.convert_to_numpy(ops.cast(result, "float32") if "16" in dtype else result)
+    precision = held
+    if BACKEND == "torch" and held == "float64":
+        # Keras 3.15's result_type makes 64-bit results 32-bit ("aligned with JAX's default"):
+        # on the torch backend keras.ops.cumsum/maximum and the scalar bounds of clip/where
+        # round float64 to float32 (the dtype stays float64).
+        precision = "float32"
+    tolerance = {"float16": 1e-3, "bfloat16": 8e-3, "float32": 3e-6, "float64": 1e-12}[precision]
+    np.testing.assert_allclose(got, want.astype(got.dtype), rtol=tolerance, atol=tolerance)
+    if hasattr(constraint, "axis"):
+        kept = np.all(want == w, axis=axes)  # nodes the NumPy core leaves as they are
+        assert kept[..., ::2].all()
+        np.testing.assert_array_equal(
+            np.moveaxis(got, axes, range(len(axes)))[..., kept],
+            np.moveaxis(w.astype(got.dtype), axes, range(len(axes)))[..., kept],
+        )

@@ -492,3 +492,107 @@ def test_training_matches_keras_max_norm():
     assert norms(ours[0], 0).max() >= 2.99  # the constraint was active
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# -- the box, simplex and L1 kinds in models -------------------------------------------------------
+
+
+def sums(variable, axes) -> np.ndarray:
+    return np.sum(ops.convert_to_numpy(variable).astype(np.float64), axis=axes)
+
+
+def new_kinds_model():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            layers.Conv2D(4, 3, kernel_constraint=wk.MaxL1Norm(0.5, axis=[0, 1, 2]), name="conv"),
+            layers.Flatten(),
+            layers.Dense(
+                6,
+                kernel_constraint=wk.Simplex(),
+                bias_constraint=wk.Clip(-0.05, 0.05),
+                name="mix",
+            ),
+            layers.Dense(1, kernel_constraint=wk.box_max_norm(-0.2, 0.2, 0.3), name="head"),
+        ]
+    )
+
+
+def check_new_kinds(model):
+    conv, mix, head = (model.get_layer(n) for n in ("conv", "mix", "head"))
+    l1 = np.sum(np.abs(ops.convert_to_numpy(conv.kernel).astype(np.float64)), axis=(0, 1, 2))
+    assert l1.max() <= 0.5 * (1 + 1e-6)
+    kernel = ops.convert_to_numpy(mix.kernel)
+    assert kernel.min() >= 0
+    np.testing.assert_allclose(sums(mix.kernel, 0), 1.0, rtol=1e-5)
+    bias = ops.convert_to_numpy(mix.bias)
+    assert np.abs(bias).max() <= 0.05
+    head_kernel = ops.convert_to_numpy(head.kernel)
+    assert np.abs(head_kernel).max() <= 0.2
+    assert norms(head.kernel, 0).max() <= 0.3 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+def test_the_new_kinds_hold_after_compiled_train_steps(jit_compile):
+    keras.utils.set_random_seed(0)
+    model = new_kinds_model()
+    model.compile(keras.optimizers.SGD(LARGE_LR), "mse", jit_compile=jit_compile)
+    before = ops.convert_to_numpy(model.get_layer("mix").bias)
+    model.fit(*data((16, 8, 8, 3)), epochs=2, verbose=0)
+    check_new_kinds(model)
+    after = ops.convert_to_numpy(model.get_layer("mix").bias)
+    assert np.abs(after).max() == 0.05 and not np.array_equal(before, after)  # clipped
+
+
+def test_the_new_kinds_are_saved_and_loaded_without_custom_objects(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = new_kinds_model()
+    model.compile(keras.optimizers.SGD(LARGE_LR), "mse")
+    model.fit(*data((16, 8, 8, 3)), epochs=1, verbose=0)
+    model.save(tmp_path / "kinds.keras")
+    loaded = keras.saving.load_model(tmp_path / "kinds.keras")  # no custom_objects
+    conv, mix, head = (loaded.get_layer(n) for n in ("conv", "mix", "head"))
+    assert type(conv.kernel_constraint) is wk.MaxL1Norm
+    assert conv.kernel.constraint == wk.MaxL1Norm(0.5, axis=(0, 1, 2))
+    assert mix.kernel_constraint == wk.Simplex(axis=0)
+    assert mix.bias.constraint == wk.Clip(-0.05, 0.05)
+    assert head.kernel_constraint == wk.BoxMaxNorm(-0.2, 0.2, 0.3, axis=0)
+    loaded.fit(*data((16, 8, 8, 3), seed=1), epochs=1, verbose=0)
+    check_new_kinds(loaded)
+
+
+def simplex_model():
+    return keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            layers.Embedding(10, 4, name="embed"),
+            layers.Reshape((6, 4, 1)),
+            layers.Conv2D(3, 2, name="conv"),
+            layers.Flatten(),
+            layers.Dense(2, name="fc"),
+        ]
+    )
+
+
+def test_constrain_binds_the_new_kinds_to_the_per_node_axes():
+    model = simplex_model()
+    attached = wk.constrain(model, kernel=wk.Simplex(), bias=wc.Clip(-0.1, 0.1))
+    table = {f"{a.layer}.{a.weight}": a.constraint for a in attached}
+    assert table == {
+        "embed.embeddings": wk.Simplex(axis=(1,)),
+        "conv.kernel": wk.Simplex(axis=(0, 1, 2)),
+        "conv.bias": wk.Clip(-0.1, 0.1),
+        "fc.kernel": wk.Simplex(axis=(0,)),
+        "fc.bias": wk.Clip(-0.1, 0.1),
+    }
+    wk.apply_constraints(model)
+    np.testing.assert_allclose(sums(model.get_layer("embed").embeddings, 1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sums(model.get_layer("conv").kernel, (0, 1, 2)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sums(model.get_layer("fc").kernel, 0), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"explicit axis=0, .* embed\.embeddings .*axes \(1,\)"):
+        wk.constrain(simplex_model(), kernel=wc.MaxL1Norm(1.0, axis=0))
+    (fc,) = wk.constrain(
+        keras.Sequential([keras.Input((3,)), layers.Dense(2, name="fc")]),
+        kernel=wc.BoxMaxNorm(-1, 1, 2),
+    )
+    assert fc.constraint == wk.BoxMaxNorm(-1, 1, 2, axis=(0,))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from keras import layers
 
+import weight_constraints as wc
 from weight_constraints.adapters import keras as wk
 
 LOAD = r"""
@@ -115,3 +116,100 @@ def test_h5_files_do_not_substitute_either(tmp_path):
         keras.ops.convert_to_numpy(loaded.layers[0].kernel),
         keras.ops.convert_to_numpy(model.layers[0].kernel),
     )
+
+
+# -- core objects used directly as layer constraints (Dense(kernel_constraint=wc.MaxNorm(2))) ------
+
+SAVE_CORE = r"""
+import sys
+import keras
+import weight_constraints as wc
+if sys.argv[2] == "import":
+    import weight_constraints.adapters.keras
+model = keras.Sequential([
+    keras.Input((3,)),
+    keras.layers.Dense(4, kernel_constraint=wc.MaxNorm(2), bias_constraint=wc.NonNeg()),
+    keras.layers.Dense(3, kernel_constraint=wc.Simplex(axis=0), bias_constraint=wc.Clip(-1, 1)),
+])
+model.save(sys.argv[1])
+assert ("weight_constraints.adapters.keras" in sys.modules) == (sys.argv[2] == "import")
+print("RESULT {}")
+"""
+
+CORE_CLASSES = [
+    "weight_constraints._objects.MaxNorm",
+    "weight_constraints._objects.NonNeg",
+    "weight_constraints._polyhedral.Simplex",
+    "weight_constraints._polyhedral.Clip",
+]
+
+
+def run(script: str, path, mode: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.parametrize("suffix", ["keras", "h5"])
+@pytest.mark.parametrize("saver", ["import", "no-import"], ids=["saved-with", "saved-without"])
+def test_core_objects_never_load_as_keras_classes(tmp_path, saver, suffix):
+    """Core objects as layer constraints were saved as class_name 'MaxNorm' and loaded silently
+    as keras.constraints.MaxNorm where the adapter was not imported by the loading (or the
+    saving) process. Now: ours with the adapter, an error without it, whoever saved the file."""
+    path = tmp_path / f"model.{suffix}"
+    run(SAVE_CORE, path, saver)
+    without = run(LOAD, path, "no-import")
+    assert "loaded" not in without, f"loaded silently as {without.get('loaded')}"
+    assert "weight_constraints" in without["error"]
+    assert run(LOAD, path, "import")["loaded"] == CORE_CLASSES
+    loaded = keras.saving.load_model(path)  # this process has the adapter
+    first, second = loaded.layers
+    assert (first.kernel_constraint, first.bias_constraint) == (wc.MaxNorm(2), wc.NonNeg())
+    assert (second.kernel_constraint, second.bias_constraint) == (wc.Simplex(), wc.Clip(-1, 1))
+
+
+@pytest.mark.parametrize("name", ["MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg"])
+def test_core_configs_saved_before_the_rename_load_as_ours(name):
+    """Files written before the core classes were renamed hold class_name 'MaxNorm' with the
+    registered name 'weight_constraints.core>MaxNorm': they load as the core classes."""
+    config = {
+        "module": "weight_constraints._objects",
+        "class_name": name,
+        "config": {},
+        "registered_name": f"weight_constraints.core>{name}",
+    }
+    for load in (keras.constraints.get, keras.constraints.deserialize):
+        assert type(load(config)) is getattr(wc, name)
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        wc.MaxNorm(2),
+        wc.UnitNorm(1),
+        wc.MinMaxNorm(0.5, 1),
+        wc.NonNeg(),
+        wc.Clip(-1, 1),
+        wc.BoxMaxNorm(-1, 1, 2),
+        wc.Simplex(2.0),
+        wc.MaxL1Norm(1.5),
+    ],
+    ids=repr,
+)
+def test_core_objects_serialise_under_names_keras_does_not_have(constraint):
+    config = keras.saving.serialize_keras_object(constraint)
+    name = type(constraint).__qualname__
+    assert config["class_name"] == f"weight_constraints.{name}"
+    assert config["class_name"] not in keras.constraints.__dict__
+    assert config["registered_name"] == f"weight_constraints.core>{name}"
+    assert keras.constraints.get(config) == constraint
+    unregistered = {**config, "registered_name": config["class_name"]}  # saved without adapter
+    assert type(keras.constraints.get(unregistered)) is type(constraint)
