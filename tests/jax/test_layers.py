@@ -122,6 +122,18 @@ LAYERS = [
         (0, 1, 2),
     ),
     (
+        "ConvTranspose-transpose_kernel",  # (*k, out, in), told apart by its bias (out,)
+        partial(linen_case, partial(nn.ConvTranspose, 4, (3, 3), transpose_kernel=True), X2D),
+        "ConvTranspose_0/kernel",
+        (0, 1, 3),
+    ),
+    (
+        "Conv1D-named-query",  # not an attention projection: no key, value, out beside it
+        partial(linen_case, partial(nn.Conv, 4, (3,), name="query"), X1D),
+        "query/kernel",
+        (0, 1),
+    ),
+    (
         "ConvLocal",
         partial(linen_case, partial(nn.ConvLocal, 3, (2,)), X1D),
         "ConvLocal_0/kernel",

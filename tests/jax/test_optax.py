@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import weight_constraints as wc
-from weight_constraints.adapters.optax import audit, project, projection
+from weight_constraints.adapters.optax import audit, constrained, project, projection
 
 
 def random_tree(seed: int, dtype) -> dict:
@@ -179,3 +179,96 @@ def test_bfloat16_parameters_stay_bfloat16():
     updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     new = optax.apply_updates(params, updates)
     assert {leaf.dtype for leaf in jax.tree.leaves(new)} == {np.dtype(ml_dtypes.bfloat16)}
+
+
+HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@pytest.mark.parametrize("dtype", HALF.values(), ids=HALF.keys())
+@pytest.mark.parametrize("far", [10.0, 100.0])
+@pytest.mark.parametrize("constraint", [wc.MaxNorm(1.0), wc.UnitNorm()], ids=repr)
+def test_half_precision_updates_land_exactly_on_the_projection(constraint, far, dtype):
+    """Old weights 10 to 100 times outside the ball: the update comes back in float32 and
+    apply_updates rounds once, onto the projected value, bit for bit (in the parameters'
+    dtype, the difference used to round and miss by a rounding of the old entry)."""
+    rng = np.random.default_rng(int(far))
+    params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_normal((64, 8)) * far, dtype)}}
+    grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.5, params)
+    raw, _ = optax.sgd(1e-2).update(grads, optax.sgd(1e-2).init(params), params)
+    want = projection(kernel=constraint)(optax.apply_updates(params, raw))["Dense_0"]["kernel"]
+    for tx in (
+        optax.chain(optax.sgd(1e-2), project(kernel=constraint)),
+        constrained(optax.sgd(1e-2), kernel=constraint),
+    ):
+        updates, _ = tx.update(grads, tx.init(params), params)  # eager: the same roundings
+        assert updates["Dense_0"]["kernel"].dtype == jnp.float32
+        landed = optax.apply_updates(params, updates)["Dense_0"]["kernel"]
+        assert landed.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(landed, np.float32), np.asarray(want, np.float32))
+        assert audit({"Dense_0": {"kernel": landed}}, kernel=constraint).problems() == []
+
+
+@pytest.mark.parametrize("far", [1.0, 1e2, 1e4])
+def test_float32_updates_land_within_half_an_ulp_of_the_larger_entry(far):
+    """The documented bound of project() in float32: one float32 addition cannot land on every
+    target, so a moved entry lands within half a unit in the last place of
+    max(|old|, |projected|); projection() after the update is exact."""
+    rng = np.random.default_rng(7)
+    params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_normal((64, 8)) * far, jnp.float32)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = constrained(optax.sgd(1e-3), kernel=wc.UnitNorm())
+    updates, _ = tx.update(grads, tx.init(params), params)
+    landed = np.asarray(optax.apply_updates(params, updates)["Dense_0"]["kernel"], np.float64)
+    stepped = optax.apply_updates(params, jax.tree.map(lambda g: -1e-3 * g, grads))
+    want = np.asarray(projection(kernel=wc.UnitNorm())(stepped)["Dense_0"]["kernel"], np.float64)
+    old = np.abs(np.asarray(params["Dense_0"]["kernel"], np.float64))
+    half_ulp = np.spacing(np.maximum(old, np.abs(want)).astype(np.float32)) / 2
+    assert np.all(np.abs(landed - want) <= half_ulp)
+
+
+def test_constrained_wraps_the_optimizer_and_keeps_its_state():
+    params = random_tree(5, jnp.float32)
+    roles = dict(kernel=wc.MaxNorm(0.5), bias=wc.NonNeg())
+    grads = jax.tree.map(jnp.ones_like, params)
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.3)
+    wrapped, chained = constrained(adam, **roles), optax.chain(adam, project(**roles))
+    state, chain_state = wrapped.init(params), chained.init(params)
+    assert state.hyperparams["learning_rate"] == jnp.float32(0.3)  # tx's own state
+    p, q = params, params
+    for _ in range(3):
+        u, state = jax.jit(wrapped.update)(grads, state, p)
+        v, chain_state = jax.jit(chained.update)(grads, chain_state, q)
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert audit(p, **roles).problems() == []
+    with pytest.raises(ValueError, match=r"constrained\(...\) needs the parameters"):
+        wrapped.update(grads, state)
+
+
+def test_constrained_in_an_nnx_optimizer():
+    model = NNXModel(nnx.Rngs(1))
+    roles = dict(kernel=wc.MaxNorm(0.5), embedding=wc.UnitNorm(), bias=wc.NonNeg())
+    optimizer = nnx.Optimizer(model, constrained(optax.adam(1e-1), **roles), wrt=nnx.Param)
+    ids = jnp.arange(10) % 7
+
+    @nnx.jit
+    def step(model, optimizer):
+        grads = nnx.grad(lambda m: jnp.mean((m(ids) - 1.0) ** 2))(model)
+        optimizer.update(model, grads)
+
+    for _ in range(3):
+        step(model, optimizer)
+        assert audit(nnx.state(model, nnx.Param), **roles).problems() == []
+
+
+def test_audit_allows_the_rounding_of_the_dtype():
+    """An exact bfloat16 projection is inside its set up to bfloat16's rounding: the audit rows
+    carry the dtype, and its default tolerance is the dtype's."""
+    rng = np.random.default_rng(3)
+    params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_normal((64, 8)) * 10, jnp.bfloat16)}}
+    projected = projection(kernel=wc.UnitNorm())(params)
+    rows = audit(projected, kernel=wc.UnitNorm())
+    assert rows[0].dtype == jnp.bfloat16 and rows[0].violation > 1e-5
+    assert rows.problems() == []
+    assert audit(params, kernel=wc.UnitNorm()).problems()  # the raw weights are flagged
