@@ -151,7 +151,7 @@ KINDS: dict[str, Kind] = {
 
 
 def kind_of(constraint: wc.Constraint) -> Kind:
-    return KINDS[type(constraint).__name__]
+    return KINDS[type(constraint).__qualname__]
 
 
 # -- sections -----------------------------------------------------------------------------------
