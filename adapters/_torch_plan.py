@@ -6,9 +6,10 @@ host synchronisation. The per-tensor core call costs some 20 µs of Python and h
 operations per tensor, against one ``renorm_`` for the hand-written loop; the plan brings that
 down by grouping tensors that share a constraint, dtype and device:
 
-* Small tensors of one shape and dims are stacked into one buffer: one norm over the stack, one
-  factor, one product, and one ``_foreach_copy_`` back (on CUDA, a handful of kernel launches
-  for the whole group).
+* Small contiguous tensors of one shape and dims are stacked into one buffer: one norm over the
+  stack, one factor, one product, and one ``_foreach_copy_`` back (on CUDA, a handful of kernel
+  launches for the whole group). Other layouts (``channels_last``, transposed) are not stacked:
+  the stack is contiguous, and a norm over it would add in another order than the core's.
 * Other tensors take one norm each, written into slices of one buffer of norms; the factors of
   the whole group are formed at once and applied by one ``_foreach_mul_``.
 * ``NonNeg`` tensors are clamped by one ``_foreach_clamp_min_``.
@@ -224,9 +225,9 @@ _data_ptr = torch.Tensor.data_ptr
 
 
 def _signature(tensors: Sequence[torch.Tensor]) -> tuple[list, list]:
-    """What the steps were built for: each tensor's memory and shape. (A new dtype or device
-    comes with new memory.)"""
-    return list(map(_data_ptr, tensors)), [t.shape for t in tensors]
+    """What the steps were built for: each tensor's memory, shape and strides. (A new dtype or
+    device comes with new memory.)"""
+    return list(map(_data_ptr, tensors)), [(t.shape, t.stride()) for t in tensors]
 
 
 def _core_reduces_in_blocks(target: torch.Tensor, dims: tuple[int, ...]) -> bool:
@@ -284,7 +285,9 @@ def _steps(items: Sequence[Item]) -> list[Callable[[bool], None]]:
         key = _factor_key(constraint)
         if key is None or not dims or _core_reduces_in_blocks(target, dims):
             core.append((tensor, target, constraint))
-        elif target.numel() * target.element_size() <= _by_device(STACK_MAX_BYTES, target):
+        elif target.is_contiguous() and (
+            target.numel() * target.element_size() <= _by_device(STACK_MAX_BYTES, target)
+        ):  # a stack is contiguous: a norm over it reduces in the order of a contiguous target
             stacks.setdefault((*place, key, target.shape, dims), []).append((tensor, target, dims))
         else:
             norms.setdefault((*place, key), []).append((tensor, target, dims))
@@ -325,10 +328,10 @@ class Plan:
         ValueError: ``dims`` do not fit a tensor. Nothing is built or modified then.
 
     Calling the plan projects every tensor in place under ``torch.no_grad()``; with
-    ``with_grad_only=True`` only the tensors whose ``.grad`` is not None. When a tensor's memory,
-    shape or dtype changed since the plan was built (``param.data = ...``, ``module.to(...)``),
-    the plan is rebuilt first (:meth:`is_current` tells); an error then leaves every tensor as it
-    was.
+    ``with_grad_only=True`` only the tensors whose ``.grad`` is not None. When a tensor's
+    memory, shape, strides or dtype changed since the plan was built (``param.data = ...``,
+    ``module.to(...)``), the plan is rebuilt first (:meth:`is_current` tells); an error then
+    leaves every tensor as it was.
     """
 
     def __init__(self, items: Iterable[Item]) -> None:
@@ -344,7 +347,8 @@ class Plan:
         return len(self._items)
 
     def is_current(self) -> bool:
-        """Whether every tensor still has the memory, shape and dtype the plan was built for."""
+        """Whether every tensor still has the memory, shape, strides and dtype the plan was built
+        for."""
         return _signature(self._tensors) == self._signature
 
     def __call__(self, *, with_grad_only: bool = False) -> None:

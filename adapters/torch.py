@@ -18,7 +18,10 @@ otherwise (``axis=0`` is Keras's per-node axis of a ``Dense`` kernel ``(in, out)
 What the hook projects. A hook projects what its optimizer updated in that step: the registered
 parameters that are in the optimizer's param groups and have a gradient (frozen weights,
 ``requires_grad=False``, are left alone, as in Keras). :meth:`Constraints.apply` projects every
-registered tensor. Before projecting anything, every entry is checked (O(1) per entry): a
+registered tensor. An entry no step can project raises instead of being skipped: a view,
+``.data`` or ``.detach()`` of a parameter (at ``attach()``), and a parameter registered as a
+tensor that no attached optimizer holds (at the next step). A tensor takes one constraint across
+all live registries. Before projecting anything, every entry is checked (O(1) per entry): a
 parameter replaced in its module after registration (``load_state_dict(..., assign=True)``,
 ``module.weight = nn.Parameter(...)``) is projected in its new form when the optimizer updates
 it, and raises when the optimizer still holds the old one; a weight computed by a
@@ -26,9 +29,10 @@ parametrization (``weight_norm``, ``spectral_norm``, ``torch.nn.utils.parametriz
 what to constrain instead. A weight shared by two modules (tied embeddings) is constrained once.
 :func:`audit` shows, weight by weight, whether the next step will project it; copies of an
 optimizer (``copy.deepcopy``, ``torch.save``/``torch.load`` of the object) lose their step hooks,
-a PyTorch behaviour that the audit reports. Optimizer wrappers that step a torch optimizer they
-hold in ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, what Hugging Face Trainer
-callbacks receive) are unwrapped: the hook goes on the optimizer they step.
+a PyTorch behaviour that the audit reports. accelerate's ``AcceleratedOptimizer`` (what Hugging
+Face Trainer callbacks receive) is unwrapped: the hook goes on the optimizer it steps. Other
+wrappers that are not initialised torch optimizers raise (their step may write the weights after
+the inner one, as Lookahead does): call :meth:`Constraints.apply` after their step.
 
 Cost. The first projection (after ``add()``) checks every entry in full; the later ones check in
 O(1) per entry, without host synchronisation, that nothing changed since (a guard), then run a
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import sys
 import weakref
 from collections.abc import Iterator
@@ -219,7 +224,8 @@ class _Slot:
     ``places`` are the ``(module, attribute, name)`` triples the tensor was found at (several
     for a tied weight); ``source`` is ``(module, parameter name, label)`` for a module entry, to
     bind again when the parameter is replaced. ``shape``/``stride``/``dtype`` are what the binding
-    was checked against; ``item`` is what the projection takes.
+    was checked against, ``memory`` the tensor's memory (:func:`_memory`) then; ``item`` is what
+    the projection takes.
     """
 
     __slots__ = (
@@ -229,6 +235,7 @@ class _Slot:
         "dtensor",
         "dtype",
         "item",
+        "memory",
         "name",
         "parameter",
         "places",
@@ -262,6 +269,7 @@ class _Slot:
         self.stride = parameter.stride()
         self.dtype = parameter.dtype
         self.item = (parameter, view, constraint)
+        self.memory = _memory(parameter)  # as of the last full check (refreshed there)
 
     def plan_item(self) -> tuple:
         """What :class:`~weight_constraints.adapters._torch_plan.Plan` takes for this tensor."""
@@ -742,28 +750,109 @@ def _overlap(ma: tuple, mb: tuple, a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(mask.as_strided(lb.shape, lb.stride(), mb[2] // size - low).any())
 
 
-# Every registry alive, for audit(model) and norm_stats(model).
+# Every registry alive, for audit(model) and norm_stats(model), and to find two registries
+# asking different things of one tensor; numbered in the order they were made.
 _REGISTRIES: weakref.WeakSet[Constraints] = weakref.WeakSet()
+_SERIALS = itertools.count()
+
+
+def _live_registries() -> list[Constraints]:
+    """Every registry alive, oldest first (a fixed order: audits do not depend on a set's)."""
+    return sorted(_REGISTRIES, key=lambda registry: registry._serial)
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
+class _Conflicts:
+    """The entries seen so far, by tensor and by storage, to find an entry that cannot hold
+    together with them: the same tensor asked for another projection (in any registry), or
+    memory shared with another tensor (through ``.data``, ``.detach()``, a view or a slice).
+    Across registries, the same memory in the same layout asked for the same projection is
+    allowed (each registry's projection leaves the other's result as it is); within one
+    registry it is not, since a plan forms every factor before it multiplies."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, list[tuple[Constraints, _Slot]]] = {}
+        self.regions: dict[tuple, list[tuple[tuple, Constraints, _Slot]]] = {}
+
+    def add(self, registry: Constraints, slot: _Slot) -> None:
+        self.by_id.setdefault(id(slot.parameter), []).append((registry, slot))
+        if slot.memory is not None:
+            self.regions.setdefault(slot.memory[:2], []).append((slot.memory, registry, slot))
+
+    def check(self, registry: Constraints, slot: _Slot) -> None:
+        """Raise a ValueError, naming both entries, when ``slot`` of ``registry`` conflicts
+        with an entry seen."""
+        for other_registry, other in self.by_id.get(id(slot.parameter), ()):
+            if other.same_request(slot):
+                continue
+            where = (
+                "already constrained"
+                if other_registry is registry
+                else "constrained by another registry"
+            )
+            raise ValueError(
+                f"{slot.name} is the same tensor as {other.name}, {where} with "
+                f"{other.constraint!r} over dims {other.dims}; {slot.name} asks for "
+                f"{slot.constraint!r} over dims {slot.dims}. A tensor takes one constraint: ask "
+                "for the same one in both places"
+                + (
+                    ""
+                    if other_registry is registry
+                    else " (two hooks projecting it onto different sets would leave it in "
+                    "whichever ran last), or clear the other registry first (registry.clear() "
+                    "detaches it and forgets its entries)"
+                )
+            )
+        memory = slot.memory
+        if memory is None:
+            return
+        for other_memory, other_registry, other in self.regions.get(memory[:2], ()):
+            if other.parameter is slot.parameter:
+                continue
+            if (
+                other_registry is not registry
+                and other_memory == memory
+                and _same_layout(other.parameter, slot.parameter)
+                and other.same_request(slot)
+            ):
+                continue
+            if _overlap(other_memory, memory, other.parameter, slot.parameter):
+                where = (
+                    "already constrained in this registry"
+                    if other_registry is registry
+                    else "constrained by another registry"
+                )
+                raise ValueError(
+                    f"{slot.name} shares memory with {other.name}, {where} (the same storage "
+                    "through .data, .detach(), a view or a slice): constrain each piece of "
+                    "memory once"
+                    + ("" if other_registry is registry else " (registry.clear() drops one)")
+                )
 
 
 class _StepHook:
     """The step post-hook of one registry on one optimizer. It knows its registry (for
-    :func:`audit`) and caches which tensors the optimizer holds (recomputed when the param
-    groups change in number or length)."""
+    :func:`audit`) and caches which tensors the optimizer holds (recomputed when the tensors
+    in the param groups change)."""
 
     def __init__(self, registry: Constraints, optimizer: torch.optim.Optimizer) -> None:
         self.registry = registry
         self.optimizer = weakref.ref(optimizer)
-        self._key: tuple = ()
+        self._key: list[list[int]] = []
         self._members: frozenset[int] = frozenset()
         self.selection: _Selection | None = None  # what this hook projects, bound once
+        self.handle: RemovableHandle | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "selection": None}
+        return {**self.__dict__, "selection": None, "handle": None}
 
     def members(self, optimizer: torch.optim.Optimizer) -> frozenset[int]:
-        """The ids of the tensors in ``optimizer``'s param groups."""
-        key = tuple((id(g["params"]), len(g["params"])) for g in optimizer.param_groups)
+        """The ids of the tensors in ``optimizer``'s param groups (recomputed when a group is
+        added, or a group's list is edited in place)."""
+        key = [[*map(id, group["params"])] for group in optimizer.param_groups]
         if key != self._key:
             self._members = _param_ids(optimizer)
             self._key = key
@@ -785,6 +874,16 @@ def _param_ids(optimizer: torch.optim.Optimizer) -> frozenset[int]:
     return frozenset(id(p) for group in optimizer.param_groups for p in group["params"])
 
 
+def _regions(optimizer: torch.optim.Optimizer) -> dict[tuple, list[tuple[tuple, torch.Tensor]]]:
+    """The memory of ``optimizer``'s tensors by storage (see :func:`_memory`)."""
+    regions: dict[tuple, list[tuple[tuple, torch.Tensor]]] = {}
+    for group in optimizer.param_groups:
+        for tensor in group["params"]:
+            if (memory := _memory(tensor)) is not None:
+                regions.setdefault(memory[:2], []).append((memory, tensor))
+    return regions
+
+
 _MARK = "_weight_constraints"
 
 
@@ -795,28 +894,53 @@ def _mark(owner: nn.Module, attr: str, slot: _Slot) -> None:
     owner.__dict__.setdefault(_MARK, {})[attr] = (repr(slot.constraint), slot.dims)
 
 
-def _check_optimizer(optimizer: Any, where: str) -> torch.optim.Optimizer:
-    """The torch optimizer that ``optimizer`` is, or wraps; raise a TypeError for anything else.
+def _passes_through(wrapper: Any) -> bool:
+    """Whether ``wrapper`` is an optimizer wrapper known to step the optimizer it holds in
+    ``.optimizer`` and to write nothing else: accelerate's ``AcceleratedOptimizer`` (what
+    Hugging Face Trainer callbacks receive), told by its exact type and module without
+    importing accelerate. Its subclasses are not (``DeepSpeedOptimizerWrapper``'s step does
+    nothing; DeepSpeed's engine steps its own optimizer, which updates flat partitions)."""
+    kind = type(wrapper)
+    return (
+        kind.__name__ == "AcceleratedOptimizer"
+        and kind.__module__ == "accelerate.optimizer"
+        and isinstance(getattr(wrapper, "optimizer", None), torch.optim.Optimizer)
+    )
 
-    Wrappers such as accelerate's ``AcceleratedOptimizer`` (what Hugging Face Trainer callbacks
-    receive) subclass ``torch.optim.Optimizer`` without initialising it, so they have no step
-    hooks of their own; their ``step()`` calls the optimizer they hold in ``.optimizer``. The
-    hooks go on that one: it runs exactly the steps that happen (none when the wrapper skips
-    a step, as during gradient accumulation or after an AMP overflow).
+
+def _check_optimizer(optimizer: Any, where: str) -> torch.optim.Optimizer:
+    """The torch optimizer that ``optimizer`` is, or passes through to; raise a TypeError for
+    anything else.
+
+    accelerate's ``AcceleratedOptimizer`` subclasses ``torch.optim.Optimizer`` without
+    initialising it, so it has no step hooks of its own; its ``step()`` calls the optimizer it
+    holds in ``.optimizer``, and the hooks go on that one: it runs exactly the steps that happen
+    (none when the wrapper skips a step, as during gradient accumulation or after an AMP
+    overflow). Other wrappers are refused: one may write the weights after the inner step
+    (Lookahead moves them towards its slow weights), which would leave a projection run on the
+    inner step violated.
     """
-    seen = 0
-    while not _has_step_hooks(optimizer) and seen < 8:  # DeepSpeed wraps a wrapper
-        inner = getattr(optimizer, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
-            break
-        optimizer, seen = inner, seen + 1
+    while not _has_step_hooks(optimizer) and _passes_through(optimizer):
+        optimizer = optimizer.optimizer
     if _has_step_hooks(optimizer):
         return optimizer
+    inner = getattr(optimizer, "optimizer", None)
+    if isinstance(inner, torch.optim.Optimizer) or hasattr(inner, "param_groups"):
+        raise TypeError(
+            f"{where}() got a {type(optimizer).__name__}, which holds an optimizer in "
+            ".optimizer but is not an initialised torch optimizer (it has no step hooks: "
+            "Optimizer.__init__ was not called), and whose step() may write the weights after "
+            "the inner step (as Lookahead does), so a projection on the inner step could be "
+            "undone. Call registry.apply() after each wrapper.step() instead of attaching (a "
+            "registry made with constrain(model, None, ...) or Constraints().add(...)); if its "
+            "step() only calls the inner optimizer's, pass that optimizer "
+            f"({type(optimizer).__name__}.optimizer)"
+        )
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"{where}() got a {type(optimizer).__name__}, a torch.optim.Optimizer subclass that "
             "was not initialised (it has no step hooks: Optimizer.__init__ was not called) and "
-            "holds no initialised optimizer in .optimizer; pass the torch optimizer it wraps"
+            "holds no optimizer in .optimizer; pass the torch optimizer it steps"
         )
     hint = ""
     if isinstance(optimizer, wc.Constraint) or type(optimizer).__module__.startswith(
@@ -874,11 +998,16 @@ def _tensor_guards(tensors: list[torch.Tensor]) -> Any:
     return None
 
 
+_data_ptr = torch.Tensor.data_ptr
+
+
 class _Guard:
     """What the last full check of a registry found, checked again in O(1) per entry: every
-    place still holds its tensor, and every tensor has the shape, stride, dtype, device and
-    inference state it had (and, when projected through a view, the memory). When it holds,
-    the full check would find nothing to do and the plans bound since are valid.
+    place still holds its tensor, and every tensor has the shape, stride, dtype, device,
+    inference state and memory address it had (new memory, ``a.data = b.data`` included, is
+    checked in full again: views bound to the old memory, and memory now shared with another
+    entry). When it holds, the full check would find nothing to do and the plans bound since
+    are valid.
 
     The tensors' properties are compared in C++ (:func:`_tensor_guards`) where it can be; when
     that check fails, they are compared in Python, since it also fails for what does not matter
@@ -893,8 +1022,7 @@ class _Guard:
         self.guards = _tensor_guards(self.plain)
         self.dtensors = [s.parameter for s in slots if s.dtensor]
         self.dtensor_metadata = _metadata(self.dtensors)
-        self.viewed = [s.parameter for s in slots if s.view is not None and not s.dtensor]
-        self.addresses = [t.data_ptr() for t in self.viewed]
+        self.addresses = [*map(_data_ptr, self.plain)]
 
     def holds(self) -> bool:
         for owner, attr, tensor in self.places:
@@ -906,7 +1034,7 @@ class _Guard:
             self.guards = _tensor_guards(self.plain)
         if self.dtensors and _metadata(self.dtensors) != self.dtensor_metadata:
             return False
-        return not self.viewed or [t.data_ptr() for t in self.viewed] == self.addresses
+        return [*map(_data_ptr, self.plain)] == self.addresses
 
 
 class _Selection:
@@ -976,6 +1104,7 @@ class Constraints:
         self._version = 0  # bumped whenever an entry is added or bound again
         self._guard: _Guard | None = None  # what the last full check found
         self._selection: _Selection | None = None  # what apply() projects
+        self._serial = next(_SERIALS)
         _REGISTRIES.add(self)
 
     def __len__(self) -> int:
@@ -1018,6 +1147,9 @@ class Constraints:
         A tensor reached twice (a weight tied between two modules) is constrained once when
         both places ask for the same constraint over the same dims, and raises, naming both,
         when they differ; two entries sharing memory (through ``.data``, views or slices) raise.
+        The same holds across every live registry: a tensor (or memory) another registry
+        constrains differently raises, naming both entries; the same constraint over the same
+        dims is accepted there.
 
         Everything is checked before anything is registered: an unsupported module type, a role
         the module does not have, an explicit axis that is not the per-node one, a weight the
@@ -1062,40 +1194,25 @@ class Constraints:
         return self
 
     def _extend(self, new: list[_Slot]) -> None:
-        """Register ``new``: a tensor already here with the same request gains a place; a
-        conflicting request or shared memory raises, and then nothing is registered."""
-        by_id = {id(s.parameter): s for s in self._slots}
-        regions: dict[tuple, list[tuple[tuple, _Slot]]] = {}
-        for known in self._slots:
-            if (memory := _memory(known.parameter)) is not None:
-                regions.setdefault(memory[:2], []).append((memory, known))
+        """Register ``new``: a tensor already here with the same request gains a place. A
+        conflicting request or shared memory, in this registry or another live one, raises
+        (see :class:`_Conflicts`), and then nothing is registered."""
+        seen = _Conflicts()
+        for registry in _live_registries():
+            for known in registry._slots:
+                seen.add(registry, known)
+        own = {id(s.parameter): s for s in self._slots}
         added: list[_Slot] = []
         aliases: list[tuple[_Slot, _Slot]] = []
         for slot in new:
-            known = by_id.get(id(slot.parameter))
+            seen.check(self, slot)
+            known = own.get(id(slot.parameter))
             if known is not None:
-                if not known.same_request(slot):
-                    raise ValueError(
-                        f"{slot.name} is the same tensor as {known.name}, already constrained "
-                        f"with {known.constraint!r} over dims {known.dims}; {slot.name} asks for "
-                        f"{slot.constraint!r} over dims {slot.dims}. A tensor takes one "
-                        "constraint: ask for the same one in both places"
-                    )
                 aliases.append((known, slot))
                 continue
-            memory = _memory(slot.parameter)
-            same_storage = [] if memory is None else regions.setdefault(memory[:2], [])
-            for other_memory, other in same_storage:
-                if _overlap(other_memory, memory, other.parameter, slot.parameter):
-                    raise ValueError(
-                        f"{slot.name} shares memory with {other.name}, already constrained in "
-                        "this registry (the same storage through .data, a view or a slice): "
-                        "constrain each piece of memory once"
-                    )
-            by_id[id(slot.parameter)] = slot
+            own[id(slot.parameter)] = slot
+            seen.add(self, slot)
             added.append(slot)
-            if memory is not None:
-                same_storage.append((memory, slot))
         for known, slot in aliases:
             fresh = [
                 p
@@ -1135,9 +1252,11 @@ class Constraints:
                     or tensor.is_inference()
                 ):
                     slot.take(_rebind(slot))
+            if use is None:  # replaced; the optimizer holding it (or the old one) decides
+                continue
             if members is not None:
                 live = use.parameter
-                if live.grad is None or id(live) not in members:
+                if id(live) not in members or live.grad is None:
                     continue
             if use.dtensor:
                 dtensors.append(use)
@@ -1145,15 +1264,19 @@ class Constraints:
                 items.append(use.item)
         return items, dtensors
 
-    def _replaced(self, slot: _Slot, members: frozenset[int] | None) -> _Slot:
+    def _replaced(self, slot: _Slot, members: frozenset[int] | None) -> _Slot | None:
         """``slot``'s parameter is no longer the one at its place: bind the live one. A direct
-        apply() projects it (the registration is kept, so hooks still see the change); a hook
-        adopts it when its optimizer updates it, and raises when the optimizer holds the old
-        tensor."""
+        apply() projects it (the registration is kept, so hooks still see the change). A hook
+        adopts it when its optimizer updates it, and raises when its optimizer holds the old
+        tensor. When another optimizer the registry is attached to holds either, that one's
+        hook decides: this one returns None and leaves the registration as it is, so that the
+        guard keeps failing and the next hook checks in full (and raises if its optimizer holds
+        the old tensor). Held by none, the new tensor is adopted (and left alone by hooks)."""
         fresh = _rebind(slot)
         if members is None:
             return fresh
-        if id(fresh.parameter) not in members and id(slot.parameter) in members:
+        new, old = id(fresh.parameter), id(slot.parameter)
+        if new not in members and old in members:
             raise RuntimeError(
                 f"{slot.name} was replaced by a new tensor after it was constrained (e.g. "
                 "load_state_dict(..., assign=True), or module.weight = nn.Parameter(...)), and "
@@ -1162,8 +1285,93 @@ class Constraints:
                 "optimizer (and attach the constraints) after replacing parameters, or load with "
                 "assign=False, which copies the values into the existing tensors"
             )
+        if new not in members and any(
+            new in held or old in held
+            for held in (hook.members(optimizer) for hook, optimizer in _live_hooks(self))
+        ):
+            return None
         slot.take(fresh)
         return slot
+
+    def _check_memory(self) -> None:
+        """The full check of shared memory (after a change, such as ``a.data = b.data``): every
+        entry's memory is read again, and an entry of this registry that conflicts with
+        another entry (see :class:`_Conflicts`) raises."""
+        seen = _Conflicts()
+        for registry in _live_registries():
+            if registry is not self:
+                for slot in registry._slots:
+                    slot.memory = _memory(slot.parameter)
+                    seen.add(registry, slot)
+        for slot in self._slots:
+            slot.memory = _memory(slot.parameter)
+            seen.check(self, slot)
+            seen.add(self, slot)
+
+    def _check_reachable(
+        self, optimizer: torch.optim.Optimizer, members: frozenset[int] | None = None
+    ) -> None:
+        """Raise a ValueError for a tensor entry that no step of ``optimizer`` can project: one
+        that is not a leaf (an optimizer holds leaves only, and a view gets no ``.grad``), or
+        one that shares memory with a tensor of ``optimizer`` without being it (``.data``,
+        ``.detach()`` or a view of a parameter: the optimizer updates the parameter, and the
+        hook projects what the optimizer holds)."""
+        if members is None:
+            members = _param_ids(optimizer)
+        regions = None
+        for slot in self._slots:
+            tensor = slot.parameter
+            if slot.source is not None or id(tensor) in members:
+                continue
+            what = None
+            if not tensor.is_leaf:
+                what = "is not a leaf tensor (a view of a parameter, or computed from one)"
+            elif slot.memory is not None:
+                if regions is None:
+                    regions = _regions(optimizer)
+                for memory, held in regions.get(slot.memory[:2], ()):
+                    if _overlap(memory, slot.memory, held, tensor):
+                        what = (
+                            "shares memory with a tensor of the optimizer (shape "
+                            f"{tuple(held.shape)}) without being it (a view, .data or "
+                            ".detach() of a parameter, or a parameter replaced in its module "
+                            "by a new one over the same memory)"
+                        )
+                        break
+            if what is not None:
+                raise ValueError(
+                    f"{slot.name} {what}: the optimizer updates its parameters, never this "
+                    "tensor, and a step hook projects what the optimizer updated, so no step "
+                    "would project it. Register the parameter itself (add(parameter, "
+                    "constraint, dims=...), with dims for the part you mean), or call "
+                    "registry.apply() after each optimizer.step() instead of attaching"
+                )
+
+    def _check_held(self) -> None:
+        """Raise a RuntimeError for a trainable parameter registered as a tensor
+        (``add(parameter, constraint, dims=...)``) that none of the optimizers the registry is
+        attached to holds: typically one replaced in its module (``load_state_dict(...,
+        assign=True)``) and a new optimizer made for the new tensors; a registry knows no
+        module of a tensor entry, so it cannot follow the replacement."""
+        held = [hook.members(optimizer) for hook, optimizer in _live_hooks(self)]
+        for slot in self._slots:
+            tensor = slot.parameter
+            if (
+                slot.source is None
+                and tensor.requires_grad
+                and tensor.is_leaf
+                and not any(id(tensor) in ids for ids in held)
+            ):
+                raise RuntimeError(
+                    f"{slot.name} (a parameter registered as a tensor) is in none of the "
+                    "optimizers this registry is attached to, so no step projects it. If it "
+                    "was replaced in its module (load_state_dict(..., assign=True), "
+                    "module.weight = nn.Parameter(...)) and a new optimizer holds the new "
+                    "tensor, constrain the new one (a registry cannot follow a tensor entry; "
+                    "add(module, kernel=...) or constrain() can); if another optimizer updates "
+                    "it, attach the registry to that one too; if nothing trains it, set "
+                    "requires_grad=False"
+                )
 
     def _project(self, items: list[tuple], dtensors: list[_Slot]) -> None:
         with torch.no_grad():
@@ -1193,7 +1401,12 @@ class Constraints:
         guard = self._guard
         if guard is None or not guard.holds():
             self._guard = None
-            self._project(*self._plan(members))
+            items, dtensors = self._plan(members)
+            self._check_memory()
+            if hook is not None and (optimizer := hook.optimizer()) is not None:
+                self._check_reachable(optimizer, members)
+                self._check_held()
+            self._project(items, dtensors)
             self._changed()
             self._guard = _Guard(self._slots)
             return
@@ -1231,14 +1444,58 @@ class Constraints:
         that have a gradient. A copy of the optimizer (``copy.deepcopy``, ``torch.save`` of the
         object) does not carry the hook: attach again to the copy.
 
+        An entry no step of ``optimizer`` can project raises, here and at every full check of a
+        step: a tensor entry that is not a leaf, or that shares memory with a tensor of the
+        optimizer without being it (a view, ``.data`` or ``.detach()`` of a parameter). A
+        trainable parameter registered as a tensor that none of the attached optimizers holds
+        raises at the next step (one replaced in its module, with a new optimizer made for the
+        new tensor, is the usual cause).
+
         Returns:
             The hook's handle; ``handle.remove()`` detaches the registry.
+
+        Raises:
+            TypeError: ``optimizer`` is not an initialised torch optimizer, nor accelerate's
+                ``AcceleratedOptimizer`` (other wrappers: call :meth:`apply` after their step).
+            ValueError: An entry that no step of ``optimizer`` can project (see above), or
+                memory shared with an entry that asks for another projection.
         """
         optimizer = _check_optimizer(optimizer, "attach")
+        self._check_memory()
+        self._check_reachable(optimizer)
         hook = _StepHook(self, optimizer)
+        self._changed()  # the next step checks in full, with this optimizer among the others
         self._hooks = [h for h in self._hooks if h.attached() is not None]
         self._hooks.append(hook)
-        return optimizer.register_step_post_hook(hook)
+        hook.handle = optimizer.register_step_post_hook(hook)
+        return hook.handle
+
+    def clear(self) -> None:
+        """Detach from every optimizer and forget every entry: the registry constrains nothing
+        afterwards. For constraining the same weights differently (a tensor takes one
+        constraint across the live registries).
+
+        Example:
+            >>> import torch
+            >>> from weight_constraints import MaxNorm
+            >>> from weight_constraints.adapters.torch import constrain
+            >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+            >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> registry = constrain(model, optimizer, kernel=MaxNorm(1.0))
+            >>> registry.clear()
+            >>> registry = constrain(model, optimizer, kernel=MaxNorm(2.0))
+            >>> len(optimizer._optimizer_step_post_hooks)
+            1
+        """
+        for hook in self._hooks:
+            if hook.handle is not None:
+                hook.handle.remove()
+        for slot in self._slots:
+            for owner, attr, _ in slot.places:
+                owner.__dict__.get(_MARK, {}).pop(attr, None)
+        self._hooks, self._slots = [], []
+        self._selection = None
+        self._changed()
 
 
 def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -1399,7 +1656,12 @@ def _status(
             )
         return False, "not in the optimizer's param groups: not updated, not projected"
     if not parameter.requires_grad:
-        return False, "frozen (requires_grad=False): not updated, not projected"
+        if parameter.grad is None:
+            return False, "frozen (requires_grad=False): not updated, not projected"
+        return True, (
+            "requires_grad=False but it keeps a gradient (zero_grad(set_to_none=False)): the "
+            "optimizer still updates it (momentum, weight decay) and the hook projects it"
+        )
     return True, "replaced since constrain(); the next step binds it" if replaced else ""
 
 
@@ -1420,7 +1682,7 @@ def _registrations(
 ) -> tuple[dict[int, list[tuple[Constraints, _Slot]]], dict[tuple[int, str], list[tuple]]]:
     by_id: dict[int, list[tuple[Constraints, _Slot]]] = {}
     by_place: dict[tuple[int, str], list[tuple[Constraints, _Slot]]] = {}
-    for registry in list(_REGISTRIES):
+    for registry in _live_registries():
         for slot in registry._slots:
             by_id.setdefault(id(slot.parameter), []).append((registry, slot))
             for owner, attr, _ in slot.places:
@@ -1446,9 +1708,13 @@ def audit(
 
     A row is *active* when a registry holding the parameter is attached to ``optimizer`` (to
     any live optimizer when ``None``), the parameter is in that optimizer's param groups, it
-    requires grad, and it is still the tensor the module uses (not replaced, not turned into a
-    computed weight by a parametrization). The hook then projects it after every step in which
-    it gets a gradient. ``violation`` is the largest distance of a node from the constraint's
+    requires grad (or keeps a gradient, which the optimizer still applies), it is still the
+    tensor the module uses (not replaced, not turned into a computed weight by a
+    parametrization), and no other registry constrains it differently. The hook then projects
+    it after every step in which it has a gradient. Entries no step projects show too: a
+    parameter registered through a view or ``.data`` (on the parameter's row), and a parameter
+    registered as a tensor that neither the model nor an attached optimizer holds (a row of
+    its own). ``violation`` is the largest distance of a node from the constraint's
     set now. Computing it copies every constrained weight to the host: this is for checks and
     logs, not for the training step.
 
@@ -1458,7 +1724,7 @@ def audit(
         strict: Raise a RuntimeError listing every constrained parameter that is not active or
             is violated by more than ``tol``.
         tol: The tolerance of ``strict``, relative to the constraint's scale; at least the
-            rounding of the weight's dtype (2 eps: ``2**-7`` for bfloat16).
+            rounding of the weight's dtype (2 eps: ``2**-6`` for bfloat16).
 
     Returns:
         The rows (a list that prints as a table; ``.problems(tol)`` lists what ``strict``
@@ -1486,8 +1752,10 @@ def audit(
     rows = Audit()
     shown = set()
     inventory = _inventory(model, optimizer)
-    for record, chosen in inventory:
+    shadows = _Shadows()
+    for record, chosen, candidates in inventory:
         shape = tuple(record.parameter.shape)
+        dtype = str(record.parameter.dtype).removeprefix("torch.")
         tied = ", ".join(name for _, _, name in record.places[1:])
         if chosen is None:
             module, attr, _ = record.places[0]
@@ -1495,28 +1763,55 @@ def audit(
             note = f"tied: also {tied}" if tied else ""
             marks = [m.__dict__.get(_MARK, {}).get(a) for m, a, _ in record.places]
             mark = next((m for m in marks if m is not None), None)
+            shadow = shadows.find(record.parameter)
+            if shadow is not None:
+                shown.add(id(shadow))
+                note = (
+                    f"registered as {shadow.name}, which shares its memory without being it (a "
+                    "view, .data or .detach()): no optimizer updates that tensor, so no step "
+                    "projects it (attach raises); register the parameter itself, or call apply()"
+                )
+                rows.append(
+                    AuditRow(
+                        record.name, shape, shadow.constraint, shadow.dims, False, None, note, dtype
+                    )
+                )
+                continue
             if mark is not None:
                 note = (
                     "constrained before this module was copied or reloaded; no registry holds "
                     "this tensor (registries and hooks are not copied): constrain the copy"
                 )
-                rows.append(AuditRow(record.name, shape, mark[0], mark[1], False, None, note))
+                rows.append(
+                    AuditRow(record.name, shape, mark[0], mark[1], False, None, note, dtype)
+                )
                 continue
-            rows.append(AuditRow(record.name, shape, None, dims, False, None, note))
+            rows.append(AuditRow(record.name, shape, None, dims, False, None, note, dtype))
             continue
         registry, slot = chosen
         shown.add(id(slot))
         active, note = _status(registry, slot, record.parameter, optimizer, members)
+        others = [other for _, other in candidates if not other.same_request(slot)]
+        if others:
+            active, note = (
+                False,
+                (
+                    f"conflicting constraints: also {others[0].constraint!r} over dims "
+                    f"{others[0].dims} ({others[0].name}, another registry); the hook that runs "
+                    "last wins"
+                ),
+            )
         notes = [note, f"tied: also {tied}" if tied else ""]
         same = record.parameter.shape == slot.shape
         violation = _violation(slot, record.parameter) if same else None
         note = "; ".join(n for n in notes if n)
         rows.append(
-            AuditRow(record.name, shape, slot.constraint, slot.dims, active, violation, note)
+            AuditRow(record.name, shape, slot.constraint, slot.dims, active, violation, note, dtype)
         )
     for _, slot in _orphans(model):
         if id(slot) in shown:
             continue
+        shown.add(id(slot))
         try:
             _rebind(slot)
             note = ""
@@ -1525,31 +1820,82 @@ def audit(
         rows.append(
             AuditRow(slot.name, tuple(slot.shape), slot.constraint, slot.dims, False, None, note)
         )
-    if strict:
-        # A weight projected in half precision rounds to its dtype: within 2 eps is satisfied.
-        rounding = {r.name: 2 * torch.finfo(r.parameter.dtype).eps for r, _ in inventory}
-        check_strict(
-            Audit(r for r in rows if not _within(r, max(tol, rounding.get(r.name, 0.0)))), tol
+    for slot in _unheld(inventory, members):
+        if id(slot) in shown:
+            continue
+        note = (
+            "a parameter registered as a tensor, in neither the model nor any optimizer its "
+            "registry is attached to (replaced by load_state_dict(assign=True) and a new "
+            "optimizer made?): no step projects it and the next step raises; constrain the "
+            "parameter the model uses"
         )
+        rows.append(
+            AuditRow(slot.name, tuple(slot.shape), slot.constraint, slot.dims, False, None, note)
+        )
+    if strict:
+        check_strict(rows, tol)
     return rows
 
 
-def _within(row: AuditRow, tol: float) -> bool:
-    """Whether ``row`` is active and satisfied within ``tol`` (relative to its scale)."""
-    return row.constraint is not None and not Audit([row]).problems(tol)
+class _Shadows:
+    """Tensor entries (``add(tensor, ...)``) of live registries by storage, to find one that
+    shares a parameter's memory without being it (a view, ``.data`` or ``.detach()``)."""
+
+    def __init__(self) -> None:
+        self.regions: dict[tuple, list[tuple[tuple, _Slot]]] = {}
+        for registry in _live_registries():
+            for slot in registry._slots:
+                if slot.source is None and (memory := _memory(slot.parameter)) is not None:
+                    self.regions.setdefault(memory[:2], []).append((memory, slot))
+
+    def find(self, parameter: torch.Tensor) -> _Slot | None:
+        memory = _memory(parameter) if self.regions else None
+        if memory is None:
+            return None
+        for other, slot in self.regions.get(memory[:2], ()):
+            if slot.parameter is not parameter and _overlap(
+                other, memory, slot.parameter, parameter
+            ):
+                return slot
+        return None
+
+
+def _unheld(inventory: list[tuple[_Found, Any, list]], members: Any) -> list[_Slot]:
+    """Trainable parameters registered as tensors, by a registry that constrains this model
+    or is attached to an optimizer of its parameters, that are neither in the model nor in
+    any optimizer the registry is attached to (what the hook raises for)."""
+    model_ids = {id(record.parameter) for record, _, _ in inventory}
+    users = {id(chosen[0]) for _, chosen, _ in inventory if chosen is not None}
+    found = []
+    for registry in _live_registries():
+        held = [members(o) for _, o in _live_hooks(registry)]
+        if not held or (id(registry) not in users and not any(model_ids & ids for ids in held)):
+            continue  # no hook to raise (apply() projects it), or another model's registry
+        for slot in registry._slots:
+            tensor = slot.parameter
+            if (
+                slot.source is None
+                and tensor.requires_grad
+                and tensor.is_leaf
+                and id(tensor) not in model_ids
+                and not any(id(tensor) in ids for ids in held)
+            ):
+                found.append(slot)
+    return found
 
 
 def _inventory(
     model: nn.Module, optimizer: torch.optim.Optimizer | None
-) -> list[tuple[_Found, tuple[Constraints, _Slot] | None]]:
-    """Each parameter of ``model`` with the registration that constrains it, if any."""
+) -> list[tuple[_Found, tuple[Constraints, _Slot] | None, list[tuple[Constraints, _Slot]]]]:
+    """Each parameter of ``model`` with the registration that constrains it, if any, and every
+    registration of it (registries oldest first)."""
     by_id, by_place = _registrations(model)
     result = []
     for record in _model_parameters(model):
         candidates = list(by_id.get(id(record.parameter), []))
         for module, attr, _ in record.places:
             candidates += by_place.get((id(module), attr), [])
-        result.append((record, _choose(candidates, optimizer)))
+        result.append((record, _choose(candidates, optimizer), candidates))
     return result
 
 
@@ -1559,7 +1905,7 @@ def _orphans(model: nn.Module) -> list[tuple[Constraints, _Slot]]:
     modules = {id(m) for m in model.modules()}
     found = []
     seen = set()
-    for registry in list(_REGISTRIES):
+    for registry in _live_registries():
         for slot in registry._slots:
             for owner, attr, _ in slot.places:
                 if (
@@ -1595,7 +1941,7 @@ def norm_stats(target: Constraints | nn.Module) -> dict[str, float]:
         for slot in target._slots:
             sources.append((slot.name, slot.parameter, slot.dims, slot.view, slot))
     elif isinstance(target, nn.Module):
-        for record, chosen in _inventory(target, None):
+        for record, chosen, _ in _inventory(target, None):
             if chosen is not None and chosen[1].shape == record.parameter.shape:
                 slot = chosen[1]
                 sources.append((record.name, record.parameter, slot.dims, slot.view, slot))

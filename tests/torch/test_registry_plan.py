@@ -372,8 +372,8 @@ def test_compile_keeps_its_own_path(compile, monkeypatch):
 
 
 class Wrapper(torch.optim.Optimizer):
-    """A stand-in for accelerate's AcceleratedOptimizer: an Optimizer subclass that is never
-    initialised and steps the optimizer it holds."""
+    """An Optimizer subclass that is never initialised and steps the optimizer it holds (the
+    shape of accelerate's AcceleratedOptimizer, and of Lookahead)."""
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
@@ -385,14 +385,68 @@ class Wrapper(torch.optim.Optimizer):
     def step(self, closure=None):
         return self.optimizer.step(closure)
 
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none)
+
+
+# accelerate's wrapper, told by its exact type name and module (no import)
+Accelerated = type("AcceleratedOptimizer", (Wrapper,), {"__module__": "accelerate.optimizer"})
+# accelerate's DeepSpeed wrapper subclasses it, and its step does nothing
+DeepSpeedLike = type(
+    "DeepSpeedOptimizerWrapper", (Accelerated,), {"step": lambda self, c=None: None}
+)
+
 
 class PlainWrapper:
     def __init__(self, optimizer):
         self.optimizer = optimizer
 
 
-@pytest.mark.parametrize("wrap", [Wrapper, PlainWrapper, lambda o: Wrapper(Wrapper(o))])
-def test_optimizer_wrappers_are_unwrapped(wrap):
+class Lookahead(Wrapper):
+    """Lookahead as pytorch_optimizer and lookahead.pytorch write it: every ``k`` steps the
+    weights are moved halfway back towards slow weights, after the inner step."""
+
+    def __init__(self, optimizer, k=2):
+        super().__init__(optimizer)
+        self.k, self.count, self.slow = k, 0, {}
+
+    def step(self, closure=None):
+        loss = self.optimizer.step(closure)
+        self.count += 1
+        if self.count % self.k == 0:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        slow = self.slow.setdefault(p, p.detach().clone() * 0.1)
+                        slow.add_(p.detach() - slow, alpha=0.5)
+                        p.copy_(slow)
+        return loss
+
+
+class InitialisedLookahead(torch.optim.Optimizer):
+    """The same, initialised as a torch optimizer: its step hooks run after its whole step."""
+
+    def __init__(self, optimizer, k=2):
+        super().__init__([p for g in optimizer.param_groups for p in g["params"]], {})
+        self.inner = Lookahead(optimizer, k)
+
+    def step(self, closure=None):
+        return self.inner.step(closure)
+
+    def zero_grad(self, set_to_none=True):
+        self.inner.zero_grad(set_to_none)
+
+
+def lookahead_steps(layers, optimizer, check, steps=4):
+    for _ in range(steps):
+        optimizer.zero_grad()
+        layers(torch.randn(4, 6)).pow(2).sum().backward()
+        optimizer.step()
+        check()
+
+
+@pytest.mark.parametrize("wrap", [Accelerated, lambda o: Accelerated(Accelerated(o))])
+def test_accelerates_wrapper_is_unwrapped(wrap):
     layers = mlp()
     inner = torch.optim.SGD(layers.parameters(), lr=0.5)
     wrapper = wrap(inner)
@@ -400,12 +454,57 @@ def test_optimizer_wrappers_are_unwrapped(wrap):
     assert len(inner._optimizer_step_post_hooks) == 1
     for _ in range(2):
         layers(torch.randn(4, 6)).sum().backward()
-        (wrapper if hasattr(wrapper, "step") else inner).step()
+        wrapper.step()
     assert node_norms(layers[2].weight, 1).max() <= 0.2 * (1 + 1e-6)
     assert all(row.active for row in audit(layers, wrapper) if row.constraint is not None)
     handle = reg.attach(wrapper)
     assert len(inner._optimizer_step_post_hooks) == 2
     handle.remove()
+
+
+@pytest.mark.parametrize("wrap", [Wrapper, PlainWrapper, Lookahead, DeepSpeedLike], ids=str)
+def test_other_wrappers_raise_and_apply_after_their_step_holds(wrap):
+    layers = mlp()
+    inner = torch.optim.SGD(layers.parameters(), lr=0.5)
+    wrapper = wrap(inner)
+    with pytest.raises(TypeError, match=r"registry\.apply\(\) after each wrapper\.step\(\)"):
+        constrain(layers, wrapper, kernel=wc.UnitNorm())
+    with pytest.raises(TypeError, match="wrapper"):
+        audit(layers, wrapper)
+    assert not inner._optimizer_step_post_hooks
+    if wrap is PlainWrapper:
+        return
+    registry = constrain(layers, None, kernel=wc.UnitNorm())  # the advice: apply() after step()
+
+    def check():
+        registry.apply()
+        for layer in (layers[0], layers[2]):
+            assert torch.allclose(node_norms(layer.weight, 1), torch.ones(()), atol=1e-6)
+
+    lookahead_steps(layers, wrapper, check)
+
+
+def test_a_hook_on_the_inner_optimizer_of_lookahead_would_be_undone():
+    """Why wrappers are refused: a hook on the inner step runs before Lookahead's write."""
+    layers = mlp()
+    inner = torch.optim.SGD(layers.parameters(), lr=0.5)
+    constrain(layers, inner, kernel=wc.UnitNorm())
+    norms = []
+    lookahead_steps(layers, Lookahead(inner), lambda: norms.append(node_norms(layers[0].weight, 1)))
+    assert not torch.allclose(norms[1], torch.ones(()), atol=1e-3)  # the second step's write
+
+
+def test_an_initialised_wrapper_takes_the_hook_after_its_whole_step():
+    layers = mlp()
+    wrapper = InitialisedLookahead(torch.optim.SGD(layers.parameters(), lr=0.5))
+    constrain(layers, wrapper, kernel=wc.UnitNorm())
+
+    def check():
+        for layer in (layers[0], layers[2]):
+            assert torch.allclose(node_norms(layer.weight, 1), torch.ones(()), atol=1e-6)
+
+    lookahead_steps(layers, wrapper, check)
+    audit(layers, wrapper, strict=True)
 
 
 def test_an_uninitialised_optimizer_without_one_inside_raises_clearly():

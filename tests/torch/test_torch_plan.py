@@ -149,6 +149,52 @@ def test_non_contiguous_tensors():
     assert_same_bits(tensors, expected)
 
 
+@pytest.mark.parametrize("keeps_buffer", [True, False])  # False: as on a GPU
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("constraint", NORM_CONSTRAINTS, ids=repr)
+@pytest.mark.parametrize(
+    ("shape", "dims", "layout"),
+    [
+        ((4, 3, 3, 3), (1, 2, 3), lambda t: t.contiguous(memory_format=torch.channels_last)),
+        ((4, 6, 3, 3), (1, 2, 3), lambda t: t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)),
+        ((8, 6), (1,), lambda t: t.t().contiguous().t()),
+    ],
+    ids=["channels_last", "channels_last-by-hand", "transposed"],
+)
+def test_other_layouts_are_not_stacked_and_equal_the_core(
+    shape, dims, layout, constraint, dtype, keeps_buffer, monkeypatch
+):
+    """A stack is contiguous, so its norms add in another order than a ``channels_last``
+    tensor's own (the core's): such tensors take one norm each."""
+    monkeypatch.setattr(tp, "_keeps_buffer", lambda device: keeps_buffer)
+    generator = torch.Generator().manual_seed(3)
+    tensors = [layout((torch.randn(shape, generator=generator) * 3).to(dtype)) for _ in range(6)]
+    assert not tensors[0].is_contiguous()
+    c = bound(constraint, dims)
+    expected = core(tensors, [None] * len(tensors), c, dims)
+    plan = Plan([(t, None, c, dims) for t in tensors])
+    assert step_names(plan) == ["_Norms"]
+    plan()
+    assert_same_bits(tensors, expected)
+
+
+def test_a_new_layout_in_the_same_memory_rebuilds_the_plan():
+    tensors = [torch.nn.Parameter(torch.randn(4, 3, 3, 3) * 3) for _ in range(3)]
+    c = bound(wc.MaxNorm(1.0), (1, 2, 3))
+    plan = Plan([(t, None, c, (1, 2, 3)) for t in tensors])
+    assert step_names(plan) == ["_Stack"]
+    for t in tensors:  # the same memory, transposed strides
+        t.data = t.data.transpose(2, 3)
+    assert not plan.is_current()
+    with torch.no_grad():
+        for t in tensors:
+            t.mul_(4)
+    expected = core(tensors, [None] * 3, c, (1, 2, 3))
+    plan()
+    assert step_names(plan) == ["_Norms"]
+    assert_same_bits([t.detach() for t in tensors], expected)
+
+
 def test_empty_tensors():
     tensors = [torch.empty(0, 4), torch.empty(0, 4), torch.empty(3, 0)]
     c = bound(wc.UnitNorm(), (1,))

@@ -99,15 +99,17 @@ def test_transformers_trainer_with_a_constrained_optimizer(tmp_path):
 
 class AttachOnTrainBegin(TrainerCallback):
     """For a Trainer that builds its own optimizer: attach when training begins. Trainer hands
-    callbacks accelerate's wrapper; the torch optimizer it steps is ``optimizer.optimizer``."""
+    callbacks accelerate's wrapper, which constrain() and audit() take as it is (the hook goes
+    on the torch optimizer it steps)."""
 
     def __init__(self) -> None:
         self.optimizer = None
         self.steps = 0
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.optimizer = optimizer.optimizer
-        constrain(model, self.optimizer, kernel=wc.MaxNorm(0.5))
+        assert type(optimizer).__name__ == "AcceleratedOptimizer"
+        self.optimizer = optimizer
+        constrain(model, optimizer, kernel=wc.MaxNorm(0.5))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         check_kernels(model, 0.5)
