@@ -54,9 +54,11 @@ class GenericBackend:
             self.check_out(out, w)
         # The product is formed in the factor's (accumulation) dtype and rounded once; a cast
         # first, since not every namespace promotes half precision times float32 (TensorFlow
-        # tensors through keras.ops do not).
+        # tensors through keras.ops do not). Where the factor is exactly 1 the node is w itself:
+        # XLA flushes subnormals to zero (JAX on CPU and GPU), so w * 1 is not always w.
         name = dtype_name(w)
-        return self.astype(self.astype(w, accumulation_dtype(name)) * factor, name)
+        product = self.astype(self.astype(w, accumulation_dtype(name)) * factor, name)
+        return self.xp.where(factor == 1, w, product)
 
     def zero_negatives(self, w: Any, out: Any) -> Any:
         if out is not None:

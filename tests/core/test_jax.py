@@ -59,3 +59,23 @@ def test_jax_explicit_namespace_and_no_out():
     assert jnp.array_equal(wc.unit_norm(w, xp=jnp), wc.unit_norm(w))
     with pytest.raises(TypeError, match="out= needs NumPy arrays or torch tensors"):
         wc.max_norm(w, 1.0, out=w)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_subnormal_nodes_inside_come_back_bit_for_bit(dtype, jit):
+    """XLA flushes subnormals to zero (``w * 1.0`` is 0 for ``w = 1e-43``): nodes that the
+    projection keeps must not go through the product."""
+    tiny = np.finfo(np.float32).smallest_subnormal * 76  # 1.06e-43
+    w = jnp.asarray([[tiny, 0.5], [-tiny, 0.25]], dtype=dtype)
+    assert float(jnp.asarray(w * jnp.asarray(1.0, dtype))[0, 0]) == 0.0 or dtype == "bfloat16"
+    for project in (
+        lambda a: wc.max_norm(a, 1.0, xp=jnp),
+        lambda a: wc.min_max_norm(a, 0.0, 1.0, xp=jnp),
+        lambda a: wc.MaxNorm(2.0, axis=1)(a, xp=jnp),
+    ):
+        got = (jax.jit(project) if jit else project)(w)
+        np.testing.assert_array_equal(
+            np.asarray(got).view(np.uint16 if dtype == "bfloat16" else np.uint32),
+            np.asarray(w).view(np.uint16 if dtype == "bfloat16" else np.uint32),
+        )
