@@ -87,10 +87,13 @@ def check_box(lower: object, upper: object) -> tuple[float, float]:
 
 # -- per node, on rows -----------------------------------------------------------------------------
 
-Project = Callable[[Any, Backend], tuple[Any, Any]]
-"""Maps rows ``y`` (shape ``(*nodes, m)``, accumulation dtype) and the backend of their family
-to the projected rows and a ``(*nodes, 1)`` boolean: the nodes that come back exactly as they
-are."""
+Project = Callable[[Any, Backend, str], tuple[Any, Any]]
+"""Maps rows ``y`` (shape ``(*nodes, m)``, accumulation dtype), the backend of their family and
+the name of the weights' own dtype to the projected rows and a ``(*nodes, 1)`` boolean: the nodes
+that come back exactly as they are."""
+
+# The spacing of each dtype at 1: the rounding of a value stored in it, relative to the value.
+_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 
 
 def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
@@ -113,7 +116,7 @@ def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
     reduced_shape = tuple(shape[i] for i in axes)
     rows = xp.reshape(moved, (*node_shape, math.prod(reduced_shape)))
     y = backend.astype(rows, acc)
-    projected, keep = project(y, backend)
+    projected, keep = project(y, backend, name)
     keep = keep | ~xp.all(xp.isfinite(y), axis=-1, keepdims=True)
     result = xp.where(keep, rows, backend.astype(projected, name))
     result = xp.reshape(result, node_shape + reduced_shape)
@@ -125,9 +128,16 @@ def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
 def _threshold(u: Any, radius: float, backend: Backend) -> tuple[Any, Any]:
     """The simplex threshold of rows ``u`` sorted in descending order, ``max_k (S_k − r) / k``,
     with ``S_k`` the sum of the ``k`` largest entries (Condat 2016): the ``k`` that maximises it
-    is the number of entries left positive, so no gather is needed."""
-    sums = backend.cumsum_last(u)
-    return backend.max_last((sums - radius) / backend.counts(u.shape[-1], u)), sums
+    is the number of entries left positive, so no gather is needed.
+
+    Returned as ``(top, t)``, the threshold being ``top + t`` with ``top = u_1`` the largest
+    entry: subtract ``top`` from an entry, then ``t``. The sums run over ``u − top``, whose
+    entries that stay positive lie within ``r`` of 0, so their rounding is relative to ``r``,
+    not to the entries' magnitude (``[1000, 1000.5]`` onto the unit simplex in float32 sums to 1
+    within ``eps``, not within ``1000 eps``)."""
+    top = u[..., :1]
+    sums = backend.cumsum_last(u - top)
+    return top, backend.max_last((sums - radius) / backend.counts(u.shape[-1], u))
 
 
 # -- the constraints -------------------------------------------------------------------------------
@@ -227,7 +237,7 @@ def box_max_norm(
     low, high = check_box(lower, upper)
     c = check_value("max_value", max_value)
 
-    def project(y: Any, backend: Backend) -> tuple[Any, Any]:
+    def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
         acc = dtype_name(y)
         lo, hi = _in_range(low, acc), _in_range(high, acc)
@@ -267,9 +277,15 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
     Use it for mixture weights that must stay non-negative and sum to a fixed total.
 
     Every node is moved onto the simplex: an all-zero node becomes ``radius / m`` in each of its
-    ``m`` entries. Nodes already on it (entries ``≥ 0`` whose sum, in the accumulation dtype,
-    equals ``radius``) come back unchanged bit for bit; nodes holding NaN or ±inf come back
-    unchanged. Computed in float32 for half precision.
+    ``m`` entries. Nodes already on it come back unchanged bit for bit, and so does every
+    projected node, so ``simplex(simplex(w)) == simplex(w)`` bit for bit: a node counts as on
+    the simplex when its entries are ``≥ 0`` and their sum (in the accumulation dtype) is within
+    ``m · eps · radius`` of ``radius``, ``eps`` the spacing of the dtype of ``w`` at 1 — the
+    rounding a projected node's sum carries. Such a node is the exact projection to within
+    ``eps · radius`` per entry, the rounding of the output itself. The threshold is summed over
+    the entries minus the node's largest, so its rounding is relative to ``radius``, not to the
+    entries' magnitude. Nodes holding NaN or ±inf come back unchanged. Computed in float32 for
+    half precision.
 
     Args:
         w: The weights, an array of a floating dtype.
@@ -296,13 +312,15 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
     """
     r = check_value("radius", radius)
 
-    def project(y: Any, backend: Backend) -> tuple[Any, Any]:
+    def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
         rr = _in_range(r, dtype_name(y))
         u = -backend.sort_last(-y)
-        tau, sums = _threshold(u, rr, backend)
-        shifted = y - tau
-        on = (u[..., -1:] >= 0) & (sums[..., -1:] == rr)
+        top, t = _threshold(u, rr, backend)
+        shifted = (y - top) - t
+        slack = _in_range(y.shape[-1] * _EPS[name] * r, dtype_name(y))
+        gap = backend.cumsum_last(u)[..., -1:] - rr
+        on = (u[..., -1:] >= 0) & (xp.abs(gap) <= slack)
         return xp.where(shifted > 0, shifted, 0.0), on
 
     return _per_node(w, axis, project, out, xp)
@@ -316,8 +334,11 @@ def max_l1_norm(
     Nodes outside are soft-thresholded, ``sign(x) · max(|x| − τ, 0)``, with the simplex
     threshold of ``|x|`` (see :func:`simplex`): small entries become exactly zero, which makes
     the nodes sparse. Nodes inside the ball come back unchanged bit for bit (an all-zero node
-    stays zero); nodes holding NaN or ±inf come back unchanged. Computed in float32 for half
-    precision.
+    stays zero), and so does every projected node (``max_l1_norm(max_l1_norm(w)) ==
+    max_l1_norm(w)`` bit for bit): a node counts as inside when its L1 norm (in the accumulation
+    dtype) is at most ``max_value · (1 + m · eps)``, ``eps`` the spacing of the dtype of ``w`` at
+    1 — the rounding a projected node's norm carries. Nodes holding NaN or ±inf come back
+    unchanged. Computed in float32 for half precision.
 
     Args:
         w: The weights, an array of a floating dtype.
@@ -344,13 +365,17 @@ def max_l1_norm(
     """
     c = check_value("max_value", max_value)
 
-    def project(y: Any, backend: Backend) -> tuple[Any, Any]:
+    def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
         rr = _in_range(c, dtype_name(y))
         size = xp.abs(y)
-        tau, sums = _threshold(-backend.sort_last(-size), rr, backend)
-        shrunk = size - xp.where(tau > 0, tau, 0.0)  # τ <= 0 only for nodes inside, kept as is
-        return xp.where(shrunk > 0, xp.sign(y) * shrunk, 0.0), sums[..., -1:] <= rr
+        u = -backend.sort_last(-size)
+        top, t = _threshold(u, rr, backend)
+        # A threshold <= 0 (top + t <= 0) only for nodes inside: no entry is moved up.
+        shrunk = xp.where(t > -top, (size - top) - t, size)
+        bound = _in_range(c * (1 + y.shape[-1] * _EPS[name]), dtype_name(y))
+        inside = backend.cumsum_last(u)[..., -1:] <= bound
+        return xp.where(shrunk > 0, xp.sign(y) * shrunk, 0.0), inside
 
     return _per_node(w, axis, project, out, xp)
 

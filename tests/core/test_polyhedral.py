@@ -255,6 +255,37 @@ def test_idempotent(case, data):
     np.testing.assert_allclose(twice, once, rtol=0, atol=rtol(w, axis) * scale)
 
 
+def as_dtype(w: np.ndarray, dtype: str) -> np.ndarray:
+    """``w`` in ``dtype``; bfloat16 through ml_dtypes (NumPy has no bfloat16 of its own)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return w.astype(ml_dtypes.bfloat16)
+    return w.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][0] != "box_max_norm"])
+@given(data=weights(dtypes=(np.float64,)))
+def test_simplex_and_l1_are_idempotent_bit_for_bit(case, dtype, data):
+    """P(P(x)) == P(x) bit for bit: the sum of a projected node is the radius only to rounding,
+    and a node within that rounding of the radius comes back as it is (a second threshold that
+    is slightly negative would turn exact zeros into ~1e-8)."""
+    w, axis = data
+    w = as_dtype(w / 30.0 if dtype == "float16" else w, dtype)  # float16: entries up to ~130
+    once = project(case, w, axis)
+    assert np.array_equal(bits(project(case, once, axis)), bits(once))
+
+
+def test_simplex_of_a_projected_linear_weight_is_the_same_bits():
+    """The review's case: Linear(6, 8)-shaped float32 weights scaled by 4 onto the simplex of
+    radius 2, projected a second time."""
+    w = (np.random.default_rng(0).standard_normal((8, 6)) * 4).astype(np.float32)
+    once = wc.simplex(w, 2.0, axis=1)
+    assert (once == 0).any()
+    assert np.array_equal(bits(wc.simplex(once, 2.0, axis=1)), bits(once))
+
+
 @pytest.mark.parametrize("case", CASES)
 @given(data=weights())
 def test_half_precision_is_computed_in_float32(case, data):
