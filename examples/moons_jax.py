@@ -4,8 +4,8 @@ weights.
 The model and training follow the PyTorch and Keras examples: Glorot-uniform weights and zero
 biases, binary cross-entropy on the logit, Adam with Keras's defaults (learning rate 1e-3, epsilon
 1e-7), one full-batch step per epoch (30 samples), 4000 epochs, the test set evaluated after every
-epoch. The constraint is one transformation chained after Adam:
-``optax.chain(optax.adam(...), project(rules={"hidden/kernel": (UnitNorm(), 0)}))``: the hidden
+epoch. The constraint wraps Adam, so its updates land on the projected parameters:
+``constrained(optax.adam(...), rules={"hidden/kernel": (UnitNorm(), 0)})``: the hidden
 layer's kernel ``(in, out)`` with one norm per output unit over axis 0. The initial weights come
 from JAX's random generator, so the numbers differ from the other frameworks' runs.
 
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import weight_constraints as wc
-from weight_constraints.adapters.optax import project
+from weight_constraints.adapters.optax import constrained
 
 from moons_data import EPOCHS, EPSILON, HIDDEN, LEARNING_RATE, compare_cli, moons
 
@@ -57,7 +57,7 @@ def train(
     params = model.init(jax.random.key(seed), train_x)["params"]
     optimizer = optax.adam(LEARNING_RATE, eps=EPSILON)
     if constraint is not None:
-        optimizer = optax.chain(optimizer, project(rules={"hidden/kernel": (constraint, 0)}))
+        optimizer = constrained(optimizer, rules={"hidden/kernel": (constraint, 0)})
     state = optimizer.init(params)
 
     def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:

@@ -46,3 +46,28 @@ def test_moons_jax_full_run():
     np.testing.assert_allclose(wc.node_norms(hidden, axis=0), 1.0, rtol=1e-6)
     free = np.asarray(baseline["params"]["hidden"]["kernel"])
     assert np.abs(wc.node_norms(free, axis=0) - 1.0).max() > 0.1  # the constraint did something
+
+
+def test_moons_jax_uses_the_documented_form_and_gives_the_same_numbers(monkeypatch):
+    """The example wraps Adam with ``constrained(...)`` (the form the docs recommend); the
+    updates are those of ``optax.chain(adam, project(...))``, bit for bit."""
+    import optax
+
+    from weight_constraints.adapters import optax as wc_optax
+
+    import moons_jax
+
+    assert moons_jax.constrained is wc_optax.constrained
+    ours = moons_jax.train(1, wc.UnitNorm(), epochs=20, hidden=16)
+    monkeypatch.setattr(
+        moons_jax,
+        "constrained",
+        lambda tx, rules: optax.chain(tx, wc_optax.project(rules=rules)),
+    )
+    chained = moons_jax.train(1, wc.UnitNorm(), epochs=20, hidden=16)
+    for key in ("train", "test"):
+        np.testing.assert_array_equal(ours[key], chained[key])
+    np.testing.assert_array_equal(
+        np.asarray(ours["params"]["hidden"]["kernel"]),
+        np.asarray(chained["params"]["hidden"]["kernel"]),
+    )
