@@ -9,7 +9,10 @@ L1 kinds, have no Keras namesake and take the core's arguments)::
     Dense(32, kernel_constraint=max_norm(3), bias_constraint=max_norm(3))
 
 Their ``__call__`` runs the core projection with ``xp=keras.ops``, so it works inside the compiled
-train step on every backend. They are registered for saving (package ``weight_constraints``).
+train step on every backend; on the torch backend it runs the core's torch backend instead
+(Keras 3.15's ``keras.ops`` on torch computes some float64 results, ``cumsum`` and ``maximum``
+among them, in float32; the core's torch backend is exact in float64). They are registered
+for saving (package ``weight_constraints``).
 
 :func:`constrain` adds constraints to an existing (built or loaded) model, choosing for every
 layer the axes that give one norm per output unit (:func:`per_node_axis`) by the rule all adapters
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import inspect
 import string
+import warnings
 from typing import Any, NamedTuple
 
 import keras
@@ -107,6 +111,11 @@ class _CoreBacked(Constraint):
     _core: wc.Constraint
 
     def __call__(self, w: Any) -> Any:
+        if keras.backend.backend() == "torch":
+            # keras.ops on torch computes some 64-bit results in 32 bits (cumsum, maximum...,
+            # Keras 3.15): the core's own torch backend is exact in float64, and the same
+            # projection in every other dtype.
+            return self._core(ops.convert_to_tensor(w))
         return self._core(w, xp=ops)
 
     def get_config(self) -> dict[str, Any]:
@@ -488,6 +497,21 @@ _DEPTHWISE_CONV = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 _SEPARABLE_CONV = (L.SeparableConv1D, L.SeparableConv2D)
 
 
+# The layer types whose weights _layout knows (it reads their shapes: they must be built).
+_KNOWN_TYPES = (
+    L.Dense,
+    L.EinsumDense,
+    L.Embedding,
+    *_CONV,
+    *_CONV_TRANSPOSE,
+    *_DEPTHWISE_CONV,
+    *_SEPARABLE_CONV,
+    L.SimpleRNNCell,
+    L.LSTMCell,
+    L.GRUCell,
+)
+
+
 class _Weight(NamedTuple):
     attribute: str  # the layer attribute holding the variable
     role: str  # one of ROLES: kernel, recurrent, bias or embedding
@@ -601,20 +625,25 @@ def per_node_axis(layer: Any, weight_name: str) -> tuple[int, ...]:
 
 
 class Attached(NamedTuple):
-    """A constraint that :func:`constrain` attached: the layer path, weight and constraint."""
+    """A constraint that :func:`constrain` attached: the layer path, weight and constraint, and
+    whether the weight is frozen (not trainable: no optimizer step projects it until it is
+    trainable again)."""
 
     layer: str
     weight: str
     constraint: _CoreBacked
+    frozen: bool = False
 
     def __str__(self) -> str:
-        return f"{self.layer}.{self.weight}: {self.constraint!r}"
+        frozen = " (frozen: not projected while trainable=False)" if self.frozen else ""
+        return f"{self.layer}.{self.weight}: {self.constraint!r}{frozen}"
 
 
 def _walk(layer: Any, path: str) -> Any:
-    """Yield ``(path, layer)`` for known layers and for unknown layers with weights of their own;
-    descend into everything else (models, Bidirectional, TimeDistributed, RNN, attention...)."""
-    if _layout(layer) is not None:
+    """Yield ``(path, layer)`` for known layers (built or not) and for unknown layers with
+    weights of their own; descend into everything else (models, Bidirectional,
+    TimeDistributed, RNN, attention...)."""
+    if isinstance(layer, _KNOWN_TYPES):
         yield path, layer
         return
     if layer._trainable_variables and not isinstance(layer, _NO_ROLE_TYPES):
@@ -653,6 +682,34 @@ def _existing(layer: Any, weight: _Weight) -> Any:
     return variable if variable is not None else getattr(layer, weight.constraint_attribute, None)
 
 
+_LORA_WEIGHTS = ("kernel", "embeddings")
+
+
+def _unconstrainable(layer: Any, weight: _Weight) -> str:
+    """Why a constraint on ``weight`` would not constrain what ``layer`` uses ("" when it would):
+    LoRA (the layer uses the base weight plus the LoRA product) or quantized storage (the stored
+    values are not the weights)."""
+    if getattr(layer, "lora_enabled", False) and weight.attribute in _LORA_WEIGHTS:
+        return (
+            f"LoRA is enabled: the layer uses {weight.attribute} + the LoRA product, which a "
+            "constraint on the base weight does not reach"
+        )
+    mode = getattr(layer, "quantization_mode", None)
+    dtype = keras.backend.standardize_dtype(_variable(layer, weight.attribute).dtype)
+    if (mode is not None and weight.attribute != "bias") or "float" not in dtype:
+        return (
+            f"quantized ({mode or dtype}, stored as {dtype}): the stored values are not the weights"
+        )
+    return ""
+
+
+_ADVICE = {
+    "LoRA": " (Keras itself refuses constraints on LoRA layers: 'Lora is incompatible with "
+    "kernel constraints'). Leave this role out, or constrain the model without LoRA",
+    "quantized": ". Constrain and train the float model, then quantize it",
+}
+
+
 def constrain(
     model: Any,
     *positional: Any,
@@ -677,6 +734,14 @@ def constrain(
     an explicit axis is honoured where it names the per-node axes and refused otherwise. The
     axis of a ``keras.constraints`` object counts as given.
 
+    A frozen weight (``trainable=False``) gets its constraint like any other, but no optimizer
+    step projects it while it is frozen: its :class:`Attached` entry has ``frozen=True`` and a
+    ``UserWarning`` names it (the constraint takes effect when the weight is made trainable
+    again; :func:`apply_constraints` projects it now). Refused, with nothing attached: the base
+    weight of a LoRA-enabled layer (the layer uses base + LoRA, which the constraint would not
+    reach; Keras refuses this too) and quantized weights (their stored values are not the
+    weights).
+
     Args:
         model: A built Keras model or layer.
         kernel: The constraint of the input weights (kernels, depthwise and pointwise kernels,
@@ -690,15 +755,16 @@ def constrain(
         replace: Replace a different constraint a weight already has (otherwise an error).
 
     Returns:
-        What was attached, one entry per variable.
+        What was attached, one entry per variable (``frozen=True`` for frozen weights).
 
     Raises:
         TypeError: A role was passed by position (the roles are keyword-only; unlike the
             PyTorch adapter's, this ``constrain`` takes no optimizer).
-        ValueError: The model is not built, a layer's layout is unknown, a constraint has an
-            explicit axis that is not the per-node one, a weight already has a different
-            constraint (without ``replace=True``), or no layer has a requested role. Nothing is
-            attached when it raises.
+        ValueError: The model or one of its layers is not built, a layer's layout is unknown,
+            a constraint has an explicit axis that is not the per-node one, a weight already has
+            a different constraint (without ``replace=True``), a weight is the base of a LoRA
+            layer or quantized, or no layer has a requested role. Nothing is attached when it
+            raises.
     """
     if positional:
         given = ", ".join(type(p).__qualname__ for p in positional)
@@ -720,6 +786,12 @@ def constrain(
         raise ValueError(f"{model.name} is not built yet: build or call the model first")
     plan = []
     for path, layer in _walk(model, ""):
+        if not layer.built:
+            raise ValueError(
+                f"layer {path or layer.name} ({type(layer).__name__}) is not built: the model's "
+                "call() never used it, so it has no weights yet. Call it (or build it) first, or "
+                "remove it from the model"
+            )
         layout = _layout(layer)
         if layout is None:
             if skip_unknown:
@@ -733,6 +805,10 @@ def constrain(
             if weight.role not in wanted:
                 continue
             where = f"{path or layer.name}.{weight.attribute}"
+            unusable = _unconstrainable(layer, weight)
+            if unusable:
+                advice = _ADVICE[unusable.split()[0].rstrip(":")]
+                raise ValueError(f"{where} cannot be constrained: {unusable}{advice}")
             bound = _for_weight(wanted[weight.role], layer, weight, where)
             existing = _existing(layer, weight)
             shape = tuple(_variable(layer, weight.attribute).shape)
@@ -752,13 +828,25 @@ def constrain(
     missing = [role for role in asked if role not in found]
     if missing:
         raise ValueError(f"no layer of {model.name} has {' or '.join(missing)} weights")
-    for _, layer, weight, bound in plan:
+    trainable = {id(v) for v in model.trainable_variables}
+    attached = []
+    for where, layer, weight, bound in plan:
+        variable = _variable(layer, weight.attribute)
         setattr(layer, weight.constraint_attribute, bound)
-        _variable(layer, weight.attribute).constraint = bound
-    return [
-        Attached(where.rpartition(".")[0], weight.attribute, bound)
-        for where, _, weight, bound in plan
-    ]
+        variable.constraint = bound
+        frozen = id(variable) not in trainable
+        attached.append(Attached(where.rpartition(".")[0], weight.attribute, bound, frozen))
+    frozen = [f"{a.layer}.{a.weight}" for a in attached if a.frozen]
+    if frozen:
+        warnings.warn(
+            f"constrain(): {', '.join(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen "
+            "(trainable=False): the constraint is attached, but no optimizer step projects a "
+            "frozen weight, so it holds only once the weight is trainable again (or after "
+            "apply_constraints(model), which projects every constrained weight now)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return attached
 
 
 # -- projecting now, and after EMA -------------------------------------------------------------
@@ -801,6 +889,8 @@ def _owners(model: Any) -> dict[int, tuple[Any, _Weight]]:
     """The layer and layout entry of every variable of a known layer, by ``id``."""
     owners = {}
     for _, layer in _walk(model, ""):
+        if not layer.built:  # no weights yet
+            continue
         for weight in _layout(layer) or []:
             owners[id(_variable(layer, weight.attribute))] = (layer, weight)
     return owners
@@ -827,6 +917,14 @@ def _row(variable: Any, owner: Any, trainable: set[int], use_ema: bool) -> Audit
         notes.append("not trainable: no optimizer step projects it")
     elif use_ema and variable.constraint is not None:
         notes.append("use_ema: the averages fit() copies in are not projected (ApplyConstraints)")
+    if owner is not None:
+        unusable = _unconstrainable(*owner)
+        if unusable:
+            notes.append(unusable)
+            if "float" not in dtype:  # stored integers: no distance to the set to measure
+                active = variable.constraint is not None and id(variable) in trainable
+                note = "; ".join(notes)
+                return AuditRow(name, shape, constraint, None, active, None, note, dtype)
     weights = ops.convert_to_numpy(variable)
     core = _core_of(constraint)
     if core is not None:
@@ -834,6 +932,13 @@ def _row(variable: Any, owner: Any, trainable: set[int], use_ema: bool) -> Audit
         violation = worst_violation(core, weights, axes)
         if type(constraint) in _KERAS_BUILTINS:
             notes.append("Keras's own class (not exact)")
+        if owner is not None and axes is not None:
+            per_node = normalize_axes(_axes(*owner), shape)
+            if axes != per_node:
+                notes.append(
+                    f"{_spell(axes)} is not the per-node axes {per_node} of this "
+                    f"{type(owner[0]).__name__} {owner[1].attribute}"
+                )
     else:  # a constraint of the user's own: how far it would move an entry
         axes = None
         projected = ops.convert_to_numpy(constraint(variable)).astype(np.float64)
@@ -841,6 +946,10 @@ def _row(variable: Any, owner: Any, trainable: set[int], use_ema: bool) -> Audit
         notes.append("custom constraint: largest entry change")
     active = variable.constraint is not None and id(variable) in trainable
     return AuditRow(name, shape, constraint, axes, active, violation, "; ".join(notes), dtype)
+
+
+def _spell(axes: tuple[int, ...]) -> str:
+    return f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes}"
 
 
 def audit(model: Any, *, strict: bool = False, tol: float = 1e-5) -> Audit:

@@ -213,3 +213,44 @@ def test_constraint_stats_reach_csv_logger_and_history(tmp_path):
     for key, value in final.items():
         assert history.history[key][-1] == pytest.approx(value, rel=1e-6, abs=1e-12)
         assert float(rows[-1][key]) == pytest.approx(value, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, shape, dtype, note",
+    [
+        (
+            lambda: layers.Conv2D(4, 3, kernel_constraint=wk.MaxNorm(0.5), name="layer"),
+            (6, 6, 3),
+            "float32",
+            "axis 0 is not the per-node axes (0, 1, 2) of this Conv2D kernel",
+        ),
+        (
+            lambda: layers.Conv2D(4, 3, kernel_constraint=keras.constraints.MaxNorm(), name="c"),
+            (6, 6, 3),
+            "float32",
+            "Keras's own class (not exact); "
+            "axis 0 is not the per-node axes (0, 1, 2) of this Conv2D kernel",
+        ),
+        (
+            lambda: layers.Embedding(20, 6, embeddings_constraint=wk.UnitNorm(), name="layer"),
+            (3,),
+            "int32",
+            "axis 0 is not the per-node axes (1,) of this Embedding embeddings",
+        ),
+        (
+            lambda: layers.Dense(4, kernel_constraint=wk.MaxNorm(0.5, axis=1), name="layer"),
+            (8,),
+            "float32",
+            "axis 1 is not the per-node axes (0,) of this Dense kernel",
+        ),
+        (lambda: layers.Dense(4, kernel_constraint=wk.MaxNorm(0.5), name="layer"), (8,), "", ""),
+    ],
+)
+def test_a_constraint_on_other_axes_than_the_per_node_ones_is_noted(make, shape, dtype, note):
+    """A constraint passed to the layer directly keeps Keras's axis 0 (constrain() would bind it
+    to the per-node axes): audit says so, and strict mode still checks only active/violation."""
+    model = keras.Sequential([keras.Input(shape, dtype=dtype or "float32"), make()], name="m")
+    wk.apply_constraints(model)
+    (row,) = [r for r in wk.audit(model) if r.constraint is not None]
+    assert row.note == note
+    wk.audit(model, strict=True)  # satisfied on its own axes: informative, not a problem

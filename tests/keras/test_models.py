@@ -596,3 +596,84 @@ def test_constrain_binds_the_new_kinds_to_the_per_node_axes():
         kernel=wc.BoxMaxNorm(-1, 1, 2),
     )
     assert fc.constraint == wk.BoxMaxNorm(-1, 1, 2, axis=(0,))
+
+
+# -- what constrain() refuses or warns about ----------------------------------------------------
+
+
+LORA_LAYERS = {
+    "dense": (lambda: layers.Dense(4, name="fc"), (8,), "float32", "kernel"),
+    "einsum": (
+        lambda: layers.EinsumDense("ab,bc->ac", output_shape=4, name="fc"),
+        (8,),
+        "float32",
+        "kernel",
+    ),
+    "embedding": (lambda: layers.Embedding(20, 6, name="fc"), (3,), "int32", "embeddings"),
+}
+
+
+@pytest.mark.parametrize("name", LORA_LAYERS)
+def test_constrain_refuses_the_base_weight_of_a_lora_layer(name):
+    """The layer uses base + LoRA product: a constraint on the base would not hold for it (Keras
+    refuses constraints on LoRA layers itself)."""
+    make, shape, dtype, attribute = LORA_LAYERS[name]
+    model = keras.Sequential([keras.Input(shape, dtype=dtype), make()])
+    layer = model.layers[0]
+    layer.enable_lora(2)
+    with pytest.raises(ValueError, match=rf"fc\.{attribute} cannot be constrained: LoRA"):
+        wk.constrain(model, kernel=wk.MaxNorm(0.5))
+    assert getattr(layer, f"_{attribute}").constraint is None
+    assert getattr(layer, f"{attribute}_constraint") is None
+    # set behind constrain()'s back, audit says why it does not hold
+    getattr(layer, f"_{attribute}").constraint = wk.MaxNorm(0.5)
+    (row,) = [r for r in wk.audit(model) if r.constraint is not None]
+    assert "LoRA is enabled" in row.note
+
+
+def test_constrain_refuses_a_quantized_kernel():
+    model = keras.Sequential([keras.Input((8,)), layers.Dense(4, name="fc")])
+    model.quantize("int8")
+    layer = model.layers[0]
+    with pytest.raises(ValueError, match=r"fc\.kernel cannot be constrained: quantized \(int8"):
+        wk.constrain(model, kernel=wk.MaxNorm(1.0))
+    assert layer._kernel.constraint is None and layer.kernel_constraint is None
+    layer._kernel.constraint = wk.MaxNorm(1.0)  # behind constrain()'s back
+    table = {row.name: row for row in wk.audit(model)}
+    (row,) = [r for r in table.values() if r.constraint is not None]
+    assert row.violation is None and "quantized (int8, stored as int8)" in row.note
+    with pytest.raises(RuntimeError, match="not active or not satisfied"):
+        wk.audit(model, strict=True)
+
+
+def test_constrain_marks_and_warns_about_frozen_weights():
+    model = keras.Sequential(
+        [keras.Input((8,)), layers.Dense(4, name="base"), layers.Dense(2, name="head")]
+    )
+    model.layers[0].trainable = False
+    with pytest.warns(UserWarning, match=r"base\.kernel is frozen \(trainable=False\)"):
+        attached = wk.constrain(model, kernel=wk.MaxNorm(0.5))
+    assert {f"{a.layer}.{a.weight}": a.frozen for a in attached} == {
+        "base.kernel": True,
+        "head.kernel": False,
+    }
+    assert "frozen" in str(attached[0]) and "frozen" not in str(attached[1])
+    assert model.layers[0].kernel.constraint == wk.MaxNorm(0.5, axis=0)  # attached all the same
+
+
+def test_constrain_names_an_unbuilt_sublayer_and_attaches_nothing():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.used = layers.Dense(4, name="used")
+            self.unused = layers.Dense(4, name="unused")
+
+        def call(self, x):
+            return self.used(x)
+
+    net = Net()
+    net(np.ones((1, 3), "float32"))
+    with pytest.raises(ValueError, match=r"layer unused \(Dense\) is not built"):
+        wk.constrain(net, kernel=wk.MaxNorm(1.0))
+    assert net.used.kernel.constraint is None and net.used.kernel_constraint is None
+    assert [row.name for row in wk.audit(net)] == [v.path for v in net.weights]
