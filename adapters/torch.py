@@ -1093,9 +1093,10 @@ class Constraints:
             shape, dtype or device). Each norm and its scaling then fuse into one kernel.
             Measured against the eager plans: faster on the CPU for most layer sizes
             (0.74-0.95x), slower on a GPU for many small tensors (2.7-3.6x) and faster there
-            for large ones (0.76-0.79x); see the performance pages. Needs a working ``torch.compile`` (a C++
-            compiler on the CPU, Triton on CUDA); results agree with eager projection to
-            rounding. Distributed tensors (``DTensor``) are always projected eagerly.
+            for large ones (0.76-0.79x); see the performance pages. Needs a working
+            ``torch.compile`` (a C++ compiler on the CPU, Triton on CUDA); results agree with
+            eager projection to rounding. Distributed tensors (``DTensor``) are always projected
+            eagerly.
     """
 
     def __init__(self, *, compile: bool = False) -> None:
