@@ -1356,24 +1356,29 @@ class Constraints:
         assign=True)``) and a new optimizer made for the new tensors; a registry knows no
         module of a tensor entry, so it cannot follow the replacement."""
         held = [hook.members(optimizer) for hook, optimizer in _live_hooks(self)]
-        for slot in self._slots:
-            tensor = slot.parameter
-            if (
-                slot.source is None
-                and tensor.requires_grad
-                and tensor.is_leaf
-                and not any(id(tensor) in ids for ids in held)
-            ):
-                raise RuntimeError(
-                    f"{slot.name} (a parameter registered as a tensor) is in none of the "
-                    "optimizers this registry is attached to, so no step projects it. If it "
-                    "was replaced in its module (load_state_dict(..., assign=True), "
-                    "module.weight = nn.Parameter(...)) and a new optimizer holds the new "
-                    "tensor, constrain the new one (a registry cannot follow a tensor entry; "
-                    "add(module, kernel=...) or constrain() can); if another optimizer updates "
-                    "it, attach the registry to that one too; if nothing trains it, set "
-                    "requires_grad=False"
-                )
+        for slot in self._unheld_tensor_entries(held):
+            raise RuntimeError(
+                f"{slot.name} (a parameter registered as a tensor) is in none of the "
+                "optimizers this registry is attached to, so no step projects it. If it "
+                "was replaced in its module (load_state_dict(..., assign=True), "
+                "module.weight = nn.Parameter(...)) and a new optimizer holds the new "
+                "tensor, constrain the new one (a registry cannot follow a tensor entry; "
+                "add(module, kernel=...) or constrain() can); if another optimizer updates "
+                "it, attach the registry to that one too; if nothing trains it, set "
+                "requires_grad=False"
+            )
+
+    def _unheld_tensor_entries(self, held: list) -> list[_Slot]:
+        """Trainable parameters registered as tensors (no module place to follow) that none of
+        the id sets in ``held`` (the members of the attached optimizers) holds."""
+        return [
+            slot
+            for slot in self._slots
+            if slot.source is None
+            and slot.parameter.requires_grad
+            and slot.parameter.is_leaf
+            and not any(id(slot.parameter) in ids for ids in held)
+        ]
 
     def _project(self, items: list[tuple], dtensors: list[_Slot]) -> None:
         with torch.no_grad():
@@ -1873,16 +1878,11 @@ def _unheld(inventory: list[tuple[_Found, Any, list]], members: Any) -> list[_Sl
         held = [members(o) for _, o in _live_hooks(registry)]
         if not held or (id(registry) not in users and not any(model_ids & ids for ids in held)):
             continue  # no hook to raise (apply() projects it), or another model's registry
-        for slot in registry._slots:
-            tensor = slot.parameter
-            if (
-                slot.source is None
-                and tensor.requires_grad
-                and tensor.is_leaf
-                and id(tensor) not in model_ids
-                and not any(id(tensor) in ids for ids in held)
-            ):
-                found.append(slot)
+        found += [
+            slot
+            for slot in registry._unheld_tensor_entries(held)
+            if id(slot.parameter) not in model_ids
+        ]
     return found
 
 
