@@ -1,7 +1,14 @@
-"""Exact per-node weight constraints: max-norm, unit-norm, min-max-norm and non-negativity.
+"""Exact per-node weight constraints: max-norm, unit-norm, min-max-norm, non-negativity, and the
+box, simplex and L1 kinds.
 
 Functions project an array (NumPy, torch, or ``keras.ops`` tensors through ``xp=``); the classes
 are immutable, validated, callable objects with the parameters of ``keras.constraints``.
+
+The modules, from the bottom up: ``_dtypes`` (dtype tables), ``_checks`` (validation),
+``_backends`` (one module per array family), ``_projections`` (the norm kinds) and
+``_polyhedral`` (the box, simplex and L1 kinds) as functions, ``_norms`` (``node_norms``),
+``_base`` (the ``Constraint`` base class), ``_objects`` (the eight kinds as objects) and
+``_registry`` (``get``).
 
 Example:
     >>> import numpy as np
@@ -13,22 +20,22 @@ Example:
     array([2. , 0.5])
 """
 
+from ._base import Constraint
 from ._checks import Axis
 from ._norms import node_norms
-from ._objects import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm, get, register
-from ._polyhedral import (
+from ._objects import (
     BoxMaxNorm,
     Clip,
     MaxL1Norm,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
     Simplex,
-    box_max_norm,
-    clip,
-    max_l1_norm,
-    simplex,
+    UnitNorm,
 )
+from ._polyhedral import box_max_norm, clip, max_l1_norm, simplex
 from ._projections import max_norm, min_max_norm, non_neg, unit_norm
-
-register(Clip, BoxMaxNorm, Simplex, MaxL1Norm)
+from ._registry import get
 
 __version__ = "0.1.0"
 

@@ -7,6 +7,8 @@ import numbers
 import operator
 from collections.abc import Sequence
 
+from ._dtypes import largest
+
 Axis = int | Sequence[int] | None
 """The axis or axes a norm is taken over: an int, a sequence of ints, or None for all axes."""
 
@@ -28,7 +30,7 @@ class _DefaultAxis(int):
         return (_default_axis, ())
 
 
-def _default_axis() -> _DefaultAxis:
+def _default_axis() -> int:
     return DEFAULT_AXIS
 
 
@@ -93,6 +95,62 @@ def check_rate(rate: object) -> float:
     return number
 
 
+def check_real(name: str, value: object) -> float:
+    """``value`` as a float: a real number (or a 0-d real array or tensor), infinite allowed,
+    NaN not."""
+    number = _real(value)
+    if number is None:
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if math.isnan(number):
+        raise ValueError(f"{name} must not be NaN, got {value!r}")
+    return number
+
+
+def check_clip_bounds(lower: object, upper: object) -> tuple[float, float]:
+    """Validate the bounds of a clip: ``lower <= upper``, not both the same infinity."""
+    low, high = check_real("lower", lower), check_real("upper", upper)
+    if low > high:
+        raise ValueError(f"lower must be <= upper, got lower={lower!r}, upper={upper!r}")
+    if low == high and math.isinf(low):
+        raise ValueError(
+            f"lower and upper cannot both be {low}: no number lies between them, got "
+            f"lower={lower!r}, upper={upper!r}"
+        )
+    return low, high
+
+
+def check_box(lower: object, upper: object) -> tuple[float, float]:
+    """Validate the box of a box max-norm: ``lower <= 0 <= upper``."""
+    low, high = check_clip_bounds(lower, upper)
+    if low > 0:
+        raise ValueError(f"lower must be <= 0 (the box must contain 0), got lower={lower!r}")
+    if high < 0:
+        raise ValueError(f"upper must be >= 0 (the box must contain 0), got upper={upper!r}")
+    return low, high
+
+
+def check_fits(dtype: str, **bounds: float) -> None:
+    """Raise a ValueError, naming the parameter and the dtype, for a finite bound beyond the
+    finite range of the weights' dtype ``dtype`` (a bound the weights cannot represent:
+    ``radius=1e5`` for float16 weights). Infinite bounds (a clip's) pass.
+
+    Example:
+        >>> check_fits("float32", max_value=3.0)
+        >>> check_fits("float16", radius=1e5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: radius=100000.0 is beyond the range of float16 weights (largest finite ...
+    """
+    top = largest(dtype)
+    for name, value in bounds.items():
+        if math.isfinite(value) and abs(value) > top:
+            raise ValueError(
+                f"{name}={value!r} is beyond the range of {dtype} weights (largest finite value "
+                f"{top!r}): use a bound the weights' dtype can represent, or weights of a wider "
+                "dtype"
+            )
+
+
 def _axis_error(original: object) -> ValueError:
     return ValueError(f"axis must be an int, a sequence of ints or None, got {original!r}")
 
@@ -101,7 +159,7 @@ def _as_int(axis: object, original: object) -> int:
     if isinstance(axis, bool) or str(getattr(axis, "dtype", "")).endswith("bool"):
         raise _axis_error(original)
     try:
-        return int(operator.index(axis))
+        return int(operator.index(axis))  # type: ignore[arg-type]  # any __index__
     except TypeError:
         raise _axis_error(original) from None
 
@@ -123,7 +181,7 @@ def check_axis(axis: object) -> int | tuple[int, ...] | None:
         return _as_int(axis, axis)
     if isinstance(axis, Sequence) or hasattr(axis, "__array__") or hasattr(axis, "ndim"):
         try:
-            items = list(axis)
+            items = list(axis)  # type: ignore[call-overload]  # any iterable of ints
         except TypeError:
             raise _axis_error(axis) from None
         axes = tuple(_as_int(a, axis) for a in items)

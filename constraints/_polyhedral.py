@@ -16,73 +16,20 @@ methods of the family's backend (``weight_constraints._backends``), chosen once 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from ._backends import Backend, prepare
-from ._checks import DEFAULT_AXIS, Axis, check_axis, check_value, normalize_axes
-from ._dtypes import accumulation_dtype, dtype_name, float_dtype
-from ._objects import Constraint, saved_name
+from ._checks import Axis, check_box, check_clip_bounds, check_fits, check_value, normalize_axes
+from ._dtypes import accumulation_dtype, dtype_name, eps, float_dtype, in_range
 
-# -- scalars in the dtype they are compared with ---------------------------------------------------
-
-
-# The largest finite value of each dtype (plain floats: no NumPy call in traced code).
-_LARGEST = {
-    "float16": 65504.0,
-    "bfloat16": 3.3895313892515355e38,
-    "float32": 3.4028234663852886e38,
-    "float64": 1.7976931348623157e308,
-}
-
-
-def _in_range(value: float, name: str) -> float:
-    """A finite ``value`` clamped into the finite range of the dtype called ``name`` (infinite
-    values stay infinite): frameworks refuse (torch) or warn (NumPy) when a scalar overflows
-    the dtype, and a bound beyond the range holds every finite entry alike."""
-    if math.isinf(value):
-        return value
-    return min(max(value, -_LARGEST[name]), _LARGEST[name])
-
-
-# -- validation ------------------------------------------------------------------------------------
-
-
-def _check_real(name: str, value: object) -> float:
-    """``value`` as a float: a real number, infinite allowed, NaN not."""
-    if type(value) is not float and (
-        isinstance(value, bool) or not isinstance(value, numbers.Real)
-    ):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    number = float(value)
-    if math.isnan(number):
-        raise ValueError(f"{name} must not be NaN, got {value!r}")
-    return number
-
-
-def check_clip_bounds(lower: object, upper: object) -> tuple[float, float]:
-    """Validate the bounds of :func:`clip`: ``lower <= upper``, not both the same infinity."""
-    low, high = _check_real("lower", lower), _check_real("upper", upper)
-    if low > high:
-        raise ValueError(f"lower must be <= upper, got lower={lower!r}, upper={upper!r}")
-    if low == high and math.isinf(low):
-        raise ValueError(
-            f"lower and upper cannot both be {low}: no number lies between them, got "
-            f"lower={lower!r}, upper={upper!r}"
-        )
-    return low, high
-
-
-def check_box(lower: object, upper: object) -> tuple[float, float]:
-    """Validate the box of :func:`box_max_norm`: ``lower <= 0 <= upper``."""
-    low, high = check_clip_bounds(lower, upper)
-    if low > 0:
-        raise ValueError(f"lower must be <= 0 (the box must contain 0), got lower={lower!r}")
-    if high < 0:
-        raise ValueError(f"upper must be >= 0 (the box must contain 0), got upper={upper!r}")
-    return low, high
+SUM_ROUNDINGS = 4
+"""How far the sum (simplex) or L1 norm (L1 ball) of a node may lie from the radius for the node
+to count as on its set: ``SUM_ROUNDINGS · eps · radius``, ``eps`` the spacing at 1 of the
+weights' dtype. A projected node's sum is the radius to within the rounding of its entries
+(``eps / 2 · radius`` when they are stored, plus the float32 or float64 rounding of the
+computation), whatever the node's size; the projections keep such a node as it is (so projecting
+twice changes nothing) and the audits accept it (``Simplex.roundings``)."""
 
 
 # -- per node, on rows -----------------------------------------------------------------------------
@@ -92,17 +39,16 @@ Project = Callable[[Any, Backend, str], tuple[Any, Any]]
 the name of the weights' own dtype to the projected rows and a ``(*nodes, 1)`` boolean: the nodes
 that come back exactly as they are."""
 
-# The spacing of each dtype at 1: the rounding of a value stored in it, relative to the value.
-_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 
-
-def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
+def _per_node(w: Any, axis: Axis, out: Any, xp: Any, project: Project, **bounds: float) -> Any:
     """Apply ``project`` to every node of ``w``: its entries are moved to one trailing axis,
     projected in the accumulation dtype, and moved back. Nodes that ``project`` keeps, and nodes
-    holding NaN or ±inf, come back bit for bit."""
+    holding NaN or ±inf, come back bit for bit. ``bounds`` are the constraint's parameters, each
+    checked to fit the dtype of ``w`` before anything is computed."""
     w, backend = prepare(w, xp)
     xp = backend.xp
     name = float_dtype(w)
+    check_fits(name, **bounds)
     acc = accumulation_dtype(name)
     shape = tuple(w.shape)
     axes = normalize_axes(axis, shape)
@@ -115,14 +61,27 @@ def _per_node(w: Any, axis: Axis, project: Project, out: Any, xp: Any) -> Any:
     node_shape = tuple(shape[i] for i in kept)
     reduced_shape = tuple(shape[i] for i in axes)
     rows = xp.reshape(moved, (*node_shape, math.prod(reduced_shape)))
-    y = backend.astype(rows, acc)
-    projected, keep = project(y, backend, name)
-    keep = keep | ~xp.all(xp.isfinite(y), axis=-1, keepdims=True)
-    result = xp.where(keep, rows, backend.astype(projected, name))
+    with backend.quiet():  # ±inf and huge entries: their nodes are kept, the warnings moot
+        y = backend.astype(rows, acc)
+        projected, keep = project(y, backend, name)
+        keep = keep | ~xp.all(xp.isfinite(y), axis=-1, keepdims=True)
+        result = xp.where(keep, rows, backend.astype(projected, name))
     result = xp.reshape(result, node_shape + reduced_shape)
     if moved is not w:
         result = backend.permute(result, tuple(sorted(range(len(order)), key=order.__getitem__)))
     return backend.write(result, out)
+
+
+def sum_slack(name: str, radius: float) -> float:
+    """How far from ``radius`` the sum of a node stored in the dtype called ``name`` may lie
+    for the node to count as on the simplex (or inside the L1 ball): ``SUM_ROUNDINGS · eps ·
+    radius``, whatever the node's size.
+
+    Example:
+        >>> sum_slack("bfloat16", 1.0) == 4 * 2.0**-7
+        True
+    """
+    return SUM_ROUNDINGS * eps(name) * radius
 
 
 def _threshold(u: Any, radius: float, backend: Backend) -> tuple[Any, Any]:
@@ -134,10 +93,21 @@ def _threshold(u: Any, radius: float, backend: Backend) -> tuple[Any, Any]:
     entry: subtract ``top`` from an entry, then ``t``. The sums run over ``u − top``, whose
     entries that stay positive lie within ``r`` of 0, so their rounding is relative to ``r``,
     not to the entries' magnitude (``[1000, 1000.5]`` onto the unit simplex in float32 sums to 1
-    within ``eps``, not within ``1000 eps``)."""
+    within ``eps``, not within ``1000 eps``). A running sum over a long node still rounds at
+    every entry (NumPy's adds one entry at a time: some ``100 eps`` over ``2**20`` entries), so
+    ``t`` is then corrected by one Newton step on ``Σ max(u − top − t, 0) = r``, whose sum is
+    the backend's accurate (pairwise or tree) one: the projected node sums to ``r`` within a
+    few roundings, however long it is."""
     top = u[..., :1]
-    sums = backend.cumsum_last(u - top)
-    return top, backend.max_last((sums - radius) / backend.counts(u.shape[-1], u))
+    shifted = u - top
+    sums = backend.cumsum_last(shifted)
+    t = backend.max_last((sums - radius) / backend.counts(u.shape[-1], u))
+    above = shifted - t
+    positive = above > 0
+    excess = backend.sum_last(backend.xp.where(positive, above, 0.0)) - radius
+    count = backend.sum_last(backend.astype(positive, dtype_name(u)))
+    step = backend.xp.where(count > 0, excess / backend.xp.where(count > 0, count, 1.0), 0.0)
+    return top, t + step
 
 
 # -- the constraints -------------------------------------------------------------------------------
@@ -148,8 +118,7 @@ def clip(w: Any, lower: float, upper: float, *, out: Any = None, xp: Any = None)
 
     This is the projection ``argmin_y ‖x − y‖ s.t. lower ≤ y ≤ upper`` (weight clipping, as in
     the critic of a Wasserstein GAN). Entries inside come back unchanged bit for bit and NaN stays
-    NaN. A finite bound beyond the range of the dtype of ``w`` acts as its largest finite value.
-    ``clip(w, 0, inf)`` is :func:`non_neg`.
+    NaN. ``clip(w, 0, inf)`` is :func:`non_neg`.
 
     Args:
         w: The weights, an array of a floating dtype.
@@ -164,8 +133,9 @@ def clip(w: Any, lower: float, upper: float, *, out: Any = None, xp: Any = None)
 
     Raises:
         TypeError: ``w`` does not have a floating dtype.
-        ValueError: A bound is NaN or not a number, ``lower > upper``, or both bounds are the same
-            infinity. Nothing is modified when an error is raised.
+        ValueError: A bound is NaN or not a number, ``lower > upper``, both bounds are the same
+            infinity, or a finite bound lies beyond the range of the dtype of ``w``. Nothing is
+            modified when an error is raised.
 
     Example:
         >>> import numpy as np
@@ -178,8 +148,9 @@ def clip(w: Any, lower: float, upper: float, *, out: Any = None, xp: Any = None)
     low, high = check_clip_bounds(lower, upper)
     w, backend = prepare(w, xp)
     name = float_dtype(w)
+    check_fits(name, lower=low, upper=high)
     backend.check_out(out, w)
-    result = backend.clip(w, _in_range(low, name), _in_range(high, name), out)
+    result = backend.clip(w, low, high, out)
     return result if out is not None else backend.astype(result, name)
 
 
@@ -222,7 +193,8 @@ def box_max_norm(
     Raises:
         TypeError: ``w`` does not have a floating dtype.
         ValueError: A bound is NaN, ``lower > 0`` or ``upper < 0``, ``max_value`` is negative
-            or not finite, or ``axis`` does not fit ``w``. Nothing is modified then.
+            or not finite, a finite bound lies beyond the range of the dtype of ``w``, or
+            ``axis`` does not fit ``w``. Nothing is modified then.
 
     Example:
         >>> import numpy as np
@@ -239,9 +211,8 @@ def box_max_norm(
 
     def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
-        acc = dtype_name(y)
-        lo, hi = _in_range(low, acc), _in_range(high, acc)
-        c2 = _in_range(c * c, acc)
+        lo, hi = low, high
+        c2 = in_range(c * c, dtype_name(y))  # c fits the weights' dtype, c * c may not
         clipped = backend.clip(y, lo, hi)
         inside = xp.all(clipped == y, axis=-1, keepdims=True)
         # Knee of each entry: the s where s·|x_i| reaches its bound (1 if it never does for s ≤
@@ -265,7 +236,7 @@ def box_max_norm(
         s = xp.where((total <= c2) | (best > 1), 1.0, best)
         return backend.clip(s * y, lo, hi), inside & (total <= c2)
 
-    return _per_node(w, axis, project, out, xp)
+    return _per_node(w, axis, out, xp, project, lower=low, upper=high, max_value=c)
 
 
 def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp: Any = None) -> Any:
@@ -280,12 +251,13 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
     ``m`` entries. Nodes already on it come back unchanged bit for bit, and so does every
     projected node, so ``simplex(simplex(w)) == simplex(w)`` bit for bit: a node counts as on
     the simplex when its entries are ``≥ 0`` and their sum (in the accumulation dtype) is within
-    ``m · eps · radius`` of ``radius``, ``eps`` the spacing of the dtype of ``w`` at 1 — the
-    rounding a projected node's sum carries. Such a node is the exact projection to within
-    ``eps · radius`` per entry, the rounding of the output itself. The threshold is summed over
-    the entries minus the node's largest, so its rounding is relative to ``radius``, not to the
-    entries' magnitude. Nodes holding NaN or ±inf come back unchanged. Computed in float32 for
-    half precision.
+    ``4 · eps · radius`` of ``radius`` (:data:`SUM_ROUNDINGS`), ``eps`` the spacing of the dtype
+    of ``w`` at 1, whatever the node's size: a projected node's sum carries the rounding of its
+    stored entries, at most ``eps / 2 · radius``. Such a node lies within ``4 · eps · radius``
+    of the exact projection. The threshold is summed over the entries minus the node's largest
+    and corrected with an accurate sum, so its rounding is relative to ``radius``, not to the
+    entries' magnitude nor to the node's size. Nodes holding NaN or ±inf come back unchanged.
+    Computed in float32 for half precision.
 
     Args:
         w: The weights, an array of a floating dtype.
@@ -299,8 +271,8 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
 
     Raises:
         TypeError: ``w`` does not have a floating dtype.
-        ValueError: ``radius`` is negative or not finite, or ``axis`` does not fit ``w``.
-            Nothing is modified then.
+        ValueError: ``radius`` is negative or not finite, beyond the range of the dtype of
+            ``w``, or ``axis`` does not fit ``w``. Nothing is modified then.
 
     Example:
         >>> import numpy as np
@@ -314,16 +286,14 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
 
     def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
-        rr = _in_range(r, dtype_name(y))
         u = -backend.sort_last(-y)
-        top, t = _threshold(u, rr, backend)
+        top, t = _threshold(u, r, backend)
         shifted = (y - top) - t
-        slack = _in_range(y.shape[-1] * _EPS[name] * r, dtype_name(y))
-        gap = backend.cumsum_last(u)[..., -1:] - rr
-        on = (u[..., -1:] >= 0) & (xp.abs(gap) <= slack)
+        gap = backend.sum_last(y) - r
+        on = (u[..., -1:] >= 0) & (xp.abs(gap) <= sum_slack(name, r))
         return xp.where(shifted > 0, shifted, 0.0), on
 
-    return _per_node(w, axis, project, out, xp)
+    return _per_node(w, axis, out, xp, project, radius=r)
 
 
 def max_l1_norm(
@@ -336,9 +306,10 @@ def max_l1_norm(
     the nodes sparse. Nodes inside the ball come back unchanged bit for bit (an all-zero node
     stays zero), and so does every projected node (``max_l1_norm(max_l1_norm(w)) ==
     max_l1_norm(w)`` bit for bit): a node counts as inside when its L1 norm (in the accumulation
-    dtype) is at most ``max_value · (1 + m · eps)``, ``eps`` the spacing of the dtype of ``w`` at
-    1 — the rounding a projected node's norm carries. Nodes holding NaN or ±inf come back
-    unchanged. Computed in float32 for half precision.
+    dtype) is at most ``max_value · (1 + 4 · eps)`` (:data:`SUM_ROUNDINGS`), ``eps`` the
+    spacing of the dtype of ``w`` at 1, whatever the node's size: the rounding a projected
+    node's norm carries. Nodes holding NaN or ±inf come back unchanged. Computed in float32 for
+    half precision.
 
     Args:
         w: The weights, an array of a floating dtype.
@@ -352,8 +323,8 @@ def max_l1_norm(
 
     Raises:
         TypeError: ``w`` does not have a floating dtype.
-        ValueError: ``max_value`` is negative or not finite, or ``axis`` does not fit ``w``.
-            Nothing is modified then.
+        ValueError: ``max_value`` is negative or not finite, beyond the range of the dtype of
+            ``w``, or ``axis`` does not fit ``w``. Nothing is modified then.
 
     Example:
         >>> import numpy as np
@@ -367,134 +338,12 @@ def max_l1_norm(
 
     def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
-        rr = _in_range(c, dtype_name(y))
         size = xp.abs(y)
         u = -backend.sort_last(-size)
-        top, t = _threshold(u, rr, backend)
+        top, t = _threshold(u, c, backend)
         # A threshold <= 0 (top + t <= 0) only for nodes inside: no entry is moved up.
         shrunk = xp.where(t > -top, (size - top) - t, size)
-        bound = _in_range(c * (1 + y.shape[-1] * _EPS[name]), dtype_name(y))
-        inside = backend.cumsum_last(u)[..., -1:] <= bound
+        inside = backend.sum_last(size) - c <= sum_slack(name, c)
         return xp.where(shrunk > 0, xp.sign(y) * shrunk, 0.0), inside
 
-    return _per_node(w, axis, project, out, xp)
-
-
-# -- objects ---------------------------------------------------------------------------------------
-
-
-@saved_name
-@dataclass(frozen=True)
-class Clip(Constraint):
-    """Entries clipped to ``[lower, upper]``; see :func:`clip`. ``Clip(0, inf)`` is ``NonNeg()``.
-
-    Example:
-        >>> import numpy as np
-        >>> from weight_constraints import Clip
-        >>> constraint = Clip(-0.01, 0.01)
-        >>> constraint
-        Clip(lower=-0.01, upper=0.01)
-        >>> constraint(np.array([0.5, -0.002]))
-        array([ 0.01 , -0.002])
-        >>> Clip.from_config(constraint.get_config()) == constraint
-        True
-    """
-
-    lower: float
-    upper: float
-
-    name: ClassVar[str] = "clip"
-
-    def __post_init__(self) -> None:
-        low, high = check_clip_bounds(self.lower, self.upper)
-        object.__setattr__(self, "lower", low)
-        object.__setattr__(self, "upper", high)
-
-    def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return clip(w, self.lower, self.upper, out=out, xp=xp)
-
-
-@saved_name
-@dataclass(frozen=True)
-class BoxMaxNorm(Constraint):
-    """Per-node projection onto a box (containing 0) within an L2 ball; see :func:`box_max_norm`.
-
-    Example:
-        >>> import numpy as np
-        >>> from weight_constraints import BoxMaxNorm
-        >>> constraint = BoxMaxNorm(0.0, float("inf"), max_value=1.0)
-        >>> constraint
-        BoxMaxNorm(lower=0.0, upper=inf, max_value=1.0, axis=0)
-        >>> constraint(np.array([[3.0], [-1.0], [4.0]]))
-        array([[0.6],
-               [0. ],
-               [0.8]])
-    """
-
-    lower: float
-    upper: float
-    max_value: float
-    axis: Axis = DEFAULT_AXIS
-
-    name: ClassVar[str] = "box_max_norm"
-
-    def __post_init__(self) -> None:
-        low, high = check_box(self.lower, self.upper)
-        object.__setattr__(self, "lower", low)
-        object.__setattr__(self, "upper", high)
-        object.__setattr__(self, "max_value", check_value("max_value", self.max_value))
-        object.__setattr__(self, "axis", check_axis(self.axis))
-
-    def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return box_max_norm(w, self.lower, self.upper, self.max_value, self.axis, out=out, xp=xp)
-
-
-@saved_name
-@dataclass(frozen=True)
-class Simplex(Constraint):
-    """Per-node projection onto the simplex of the given radius; see :func:`simplex`.
-
-    Example:
-        >>> import numpy as np
-        >>> from weight_constraints import Simplex
-        >>> Simplex(axis=-1)(np.array([[2.0, 0.0, 1.0]]))
-        array([[1., 0., 0.]])
-    """
-
-    radius: float = 1.0
-    axis: Axis = DEFAULT_AXIS
-
-    name: ClassVar[str] = "simplex"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "radius", check_value("radius", self.radius))
-        object.__setattr__(self, "axis", check_axis(self.axis))
-
-    def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return simplex(w, self.radius, self.axis, out=out, xp=xp)
-
-
-@saved_name
-@dataclass(frozen=True)
-class MaxL1Norm(Constraint):
-    """Per-node projection onto the L1 ball of radius ``max_value``; see :func:`max_l1_norm`.
-
-    Example:
-        >>> import numpy as np
-        >>> from weight_constraints import MaxL1Norm
-        >>> MaxL1Norm(2.0, axis=None)(np.array([[3.0, -1.0], [0.5, 0.0]]))
-        array([[2., 0.],
-               [0., 0.]])
-    """
-
-    max_value: float
-    axis: Axis = DEFAULT_AXIS
-
-    name: ClassVar[str] = "max_l1_norm"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "max_value", check_value("max_value", self.max_value))
-        object.__setattr__(self, "axis", check_axis(self.axis))
-
-    def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return max_l1_norm(w, self.max_value, self.axis, out=out, xp=xp)
+    return _per_node(w, axis, out, xp, project, max_value=c)

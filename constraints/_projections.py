@@ -9,11 +9,11 @@ compiled Keras train step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._backends import prepare
-from ._checks import Axis, check_bounds, check_rate, check_value, normalize_axes
+from ._checks import Axis, check_bounds, check_fits, check_rate, check_value, normalize_axes
 from ._dtypes import accumulation_dtype, float_dtype
 
 # The smallest norm whose square is a normal number in the accumulation dtype (sqrt of the
@@ -25,12 +25,23 @@ Factor = Callable[..., Any]
 called ``acc``, namespace ``xp``) to the factor each node is multiplied by."""
 
 
-def rescale(w: Any, axis: Axis, out: Any, xp: Any, factor: Factor, *parameters: Any) -> Any:
+def rescale(
+    w: Any,
+    axis: Axis,
+    out: Any,
+    xp: Any,
+    bounds: Mapping[str, float],
+    factor: Factor,
+    *parameters: Any,
+) -> Any:
     """Multiply every node of ``w`` by ``factor(n, acc, xp, *parameters)``, ``n`` being the
     node norms: the one computation behind every norm projection. The parameters are checked
-    already; ``w``, ``axis``, ``out`` and ``xp`` are checked here, before anything is written."""
+    already; ``w``, ``axis``, ``out`` and ``xp`` are checked here, and that the ``bounds`` (the
+    parameters by name) fit the dtype of ``w``, before anything is written."""
     w, backend = prepare(w, xp)
-    acc = accumulation_dtype(float_dtype(w))
+    name = float_dtype(w)
+    check_fits(name, **bounds)
+    acc = accumulation_dtype(name)
     axes = normalize_axes(axis, tuple(w.shape))
     backend.check_out(out, w)
     n = backend.norms(w, axes, acc)
@@ -114,8 +125,9 @@ def max_norm(
     Raises:
         TypeError: ``w`` does not have a floating dtype, ``xp`` is not an array namespace or
             ``w`` is not one of its arrays, or ``out`` is not an array like ``w``.
-        ValueError: ``max_value`` is negative or not finite, ``axis`` does not fit ``w``, or
-            ``out`` cannot take the result. Nothing is modified when an error is raised.
+        ValueError: ``max_value`` is negative, not finite or beyond the range of the dtype of
+            ``w``, ``axis`` does not fit ``w``, or ``out`` cannot take the result. Nothing is
+            modified when an error is raised.
 
     Example:
         >>> import numpy as np
@@ -128,7 +140,8 @@ def max_norm(
         >>> w[:, 0]
         array([0.6, 0.8])
     """
-    return rescale(w, axis, out, xp, max_norm_factor, check_value("max_value", max_value))
+    c = check_value("max_value", max_value)
+    return rescale(w, axis, out, xp, {"max_value": c}, max_norm_factor, c)
 
 
 def unit_norm(w: Any, axis: Axis = 0, *, out: Any = None, xp: Any = None) -> Any:
@@ -158,7 +171,7 @@ def unit_norm(w: Any, axis: Axis = 0, *, out: Any = None, xp: Any = None) -> Any
         array([[0.6, 0. ],
                [0.8, 0. ]])
     """
-    return rescale(w, axis, out, xp, unit_norm_factor)
+    return rescale(w, axis, out, xp, {}, unit_norm_factor)
 
 
 def min_max_norm(
@@ -196,8 +209,9 @@ def min_max_norm(
 
     Raises:
         TypeError: ``w`` does not have a floating dtype.
-        ValueError: A bound is negative or not finite, ``min_value > max_value``, ``rate`` is
-            outside ``[0, 1]``, or ``axis`` does not fit ``w``. Nothing is modified then.
+        ValueError: A bound is negative, not finite or beyond the range of the dtype of ``w``,
+            ``min_value > max_value``, ``rate`` is outside ``[0, 1]``, or ``axis`` does not fit
+            ``w``. Nothing is modified then.
 
     Example:
         >>> import numpy as np
@@ -210,7 +224,8 @@ def min_max_norm(
         array([0.45, 0.6 ])
     """
     low, high = check_bounds(min_value, max_value)
-    return rescale(w, axis, out, xp, min_max_norm_factor, low, high, check_rate(rate))
+    bounds = {"min_value": low, "max_value": high}
+    return rescale(w, axis, out, xp, bounds, min_max_norm_factor, low, high, check_rate(rate))
 
 
 def non_neg(w: Any, *, out: Any = None, xp: Any = None) -> Any:

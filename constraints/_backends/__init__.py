@@ -23,9 +23,12 @@ Each module provides a *backend*: an object bound to one namespace, with
 and, for the per-node projections that sort each node (``_polyhedral.py``), the operations on
 the last axis of "rows" that each family spells its own way: ``permute(x, order)``,
 ``sort_last(x)`` (ascending), ``argsort_last(x)``, ``take_last(x, indices)``,
-``cumsum_last(x)``, ``flip_last(x)``, ``max_last(x)`` (keeping the axis), ``counts(m, like)``
-(``1, ..., m`` in the dtype and on the device of ``like``), ``clip(x, lower, upper, out)``
-(NaN kept) and ``write(result, out)`` (``result``, copied into ``out`` when it is given).
+``cumsum_last(x)``, ``flip_last(x)``, ``max_last(x)`` and ``sum_last(x)`` (keeping the axis;
+the sum pairwise or as a tree, not one entry at a time), ``counts(m, like)`` (``1, ..., m`` in
+the dtype and on the device of ``like``), ``clip(x, lower, upper, out)`` (NaN kept),
+``write(result, out)`` (``result``, copied into ``out`` when it is given) and ``quiet()`` (a
+context in which the family's floating-point warnings are off, for nodes with ±inf or huge
+entries whose results are kept as they are).
 
 ``for_namespace(xp)`` and ``infer(w)`` choose the backend once per call; the backends are
 made once per namespace and kept, by the namespace's name (a string Dynamo folds: no ``id()``,
@@ -50,6 +53,7 @@ Example:
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -63,8 +67,10 @@ from . import torch as torch_backend
 class Backend(Protocol):
     """The operations of one array family, bound to one namespace (see the module docstring)."""
 
-    name: str
-    xp: Any
+    @property
+    def name(self) -> str: ...
+    @property
+    def xp(self) -> Any: ...
 
     def prepare(self, w: Any) -> Any: ...
     def astype(self, x: Any, name: str) -> Any: ...
@@ -80,9 +86,11 @@ class Backend(Protocol):
     def cumsum_last(self, x: Any) -> Any: ...
     def flip_last(self, x: Any) -> Any: ...
     def max_last(self, x: Any) -> Any: ...
+    def sum_last(self, x: Any) -> Any: ...
     def counts(self, m: int, like: Any) -> Any: ...
     def clip(self, x: Any, lower: float, upper: float, out: Any = None) -> Any: ...
     def write(self, result: Any, out: Any) -> Any: ...
+    def quiet(self) -> AbstractContextManager: ...
 
 
 NUMPY: Backend = numpy_backend.NumPyBackend()

@@ -15,7 +15,7 @@ def type_name(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def check_like(out: Any, w: Any, array_type: type) -> None:
+def check_like(out: Any, w: Any, array_type: type[Any]) -> None:
     """Raise unless ``out`` is an ``array_type`` with the shape and dtype of ``w``."""
     if not isinstance(out, array_type):
         raise TypeError(f"out must be a {array_type.__name__} like w, got {type(out).__name__}")

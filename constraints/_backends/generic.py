@@ -4,10 +4,31 @@ projections trace inside ``jax.jit`` and compiled Keras train steps; no ``out=``
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .._dtypes import accumulation_dtype, dtype_name
 from ._common import type_name
+
+# The array libraries whose arrays a namespace of another library must not be given: jax.numpy
+# would convert a NumPy array silently (float64 to float32 without x64), and a torch tensor
+# fails deep inside JAX. Keyed by the top-level module of the array's type.
+_FAMILIES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "jaxlib": "jax"}
+
+
+def _family(w: Any) -> str | None:
+    """The library of the array ``w`` among ``_FAMILIES`` (None for any other)."""
+    return _FAMILIES.get(type(w).__module__.partition(".")[0])
+
+
+def _namespace_family(xp: Any) -> str | None:
+    """The library whose arrays the namespace ``xp`` computes with: ``jax.numpy`` takes JAX
+    arrays, ``array_api_compat.torch`` torch tensors...; None when it is none of ``_FAMILIES``
+    (its own library then refuses foreign arrays itself)."""
+    name = str(getattr(xp, "__name__", ""))
+    parts = name.removeprefix("array_api_compat.").split(".")
+    return _FAMILIES.get(parts[0])
+
 
 _FUNCTIONS = ("abs", "clip", "divide", "isnan", "reshape", "sqrt", "sum", "where", "zeros_like")
 
@@ -23,7 +44,7 @@ class GenericBackend:
     """
 
     name = "generic"
-    _needs = (*_FUNCTIONS, "astype")
+    _needs: tuple[str, ...] = (*_FUNCTIONS, "astype")
 
     def __init__(self, xp: Any) -> None:
         missing = [name for name in self._needs if not hasattr(xp, name)]
@@ -35,7 +56,10 @@ class GenericBackend:
         self.xp = xp
 
     def prepare(self, w: Any) -> Any:
-        if not (hasattr(w, "shape") and hasattr(w, "dtype")):
+        if not (hasattr(w, "shape") and hasattr(w, "dtype")) or _family(w) not in (
+            None,
+            _namespace_family(self.xp),
+        ):
             name = getattr(self.xp, "__name__", repr(self.xp))
             raise TypeError(f"xp={name} needs an array of that namespace, got {type_name(w)}")
         return w
@@ -96,6 +120,12 @@ class GenericBackend:
 
     def max_last(self, x: Any) -> Any:
         return self.xp.max(x, axis=-1, keepdims=True)
+
+    def sum_last(self, x: Any) -> Any:
+        return self.xp.sum(x, axis=-1, keepdims=True)
+
+    def quiet(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def counts(self, m: int, like: Any) -> Any:
         return self.xp.arange(1, m + 1, dtype=like.dtype, device=getattr(like, "device", None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import string
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ def _norms(w: np.ndarray, axes: tuple[int, ...], acc: str) -> np.ndarray:
         return np.sqrt(np.vecdot(rows, rows)).reshape(shape)
     letters = string.ascii_letters[: w.ndim]
     kept = "".join(letter for i, letter in enumerate(letters) if i not in axes)
-    squares = np.einsum(f"{letters},{letters}->{kept}", w, w, dtype=acc)
+    squares = np.einsum(f"{letters},{letters}->{kept}", w, w, dtype=np.dtype(acc))
     return np.sqrt(squares).reshape(shape)
 
 
@@ -92,6 +93,16 @@ class NumPyBackend:
 
     def max_last(self, x: np.ndarray) -> np.ndarray:
         return np.max(x, axis=-1, keepdims=True)
+
+    def sum_last(self, x: np.ndarray) -> np.ndarray:
+        # NumPy adds pairwise (rounding as log2(m), not m) only along a contiguous axis; a
+        # transposed node would be added one entry at a time.
+        if x.ndim and x.strides[-1] != x.itemsize:
+            x = np.ascontiguousarray(x)
+        return np.sum(x, axis=-1, keepdims=True)
+
+    def quiet(self) -> AbstractContextManager:
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
     def counts(self, m: int, like: np.ndarray) -> np.ndarray:
         return np.arange(1, m + 1, dtype=like.dtype)

@@ -6,6 +6,7 @@ imported (see ``weight_constraints._backends.for_namespace``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -104,7 +105,7 @@ class TorchBackend:
         # reduced dims (a fast reduction) or the squares themselves when no trailing dim is.
         suffix = [a for a in axes if a >= lead and all(b in axes for b in range(a, w.ndim))]
         trailing = tuple(a - lead + 1 for a in suffix)  # their dims in rows
-        squares = None
+        squares: Any = None
         for chunk in rows.split(block):
             chunk = wide(chunk)
             if trailing:
@@ -180,6 +181,12 @@ class TorchBackend:
                 raise ValueError(
                     f"out must be on the device of w: w is on {w.device}, out on {out.device}"
                 )
+        if out.requires_grad and out.is_leaf and torch.is_grad_enabled():
+            raise ValueError(
+                "out is a leaf tensor that requires grad (a parameter): torch does not let it "
+                "be written in place while autograd records; project it under torch.no_grad() "
+                "(weight_constraints.adapters.torch.project_ does)"
+            )
         if out.is_inference() and not torch.is_inference_mode_enabled():
             raise ValueError(
                 "out is an inference tensor (made under torch.inference_mode()): it can only be "
@@ -222,6 +229,12 @@ class TorchBackend:
 
     def max_last(self, x: Any) -> Any:
         return self.xp.amax(x, dim=-1, keepdim=True)
+
+    def sum_last(self, x: Any) -> Any:
+        return self.xp.sum(x, dim=-1, keepdim=True)
+
+    def quiet(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def counts(self, m: int, like: Any) -> Any:
         return self.xp.arange(1, m + 1, dtype=like.dtype, device=like.device)

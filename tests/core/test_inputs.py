@@ -306,3 +306,23 @@ def test_a_plain_subclass_works():
     negate = Negate()
     assert negate.get_config() == {}
     np.testing.assert_array_equal(Negate.from_config(negate.get_config())(w), [-1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "project",
+    [
+        lambda w: wc.max_norm(w, 1.0, 1, out=w),
+        lambda w: wc.unit_norm(w, 1, out=w),
+        lambda w: wc.simplex(w, 1.0, 1, out=w),
+        lambda w: wc.clip(w, -0.1, 0.1, out=w),
+        lambda w: wc.non_neg(w, out=w),
+    ],
+)
+def test_a_parameter_as_out_outside_no_grad_is_refused_before_torch_fails(project):
+    torch = pytest.importorskip("torch")
+    leaf = torch.nn.Parameter(torch.full((3, 4), 2.0))
+    with pytest.raises(ValueError, match=r"leaf tensor that requires grad .* torch.no_grad\(\)"):
+        project(leaf)
+    assert (leaf.detach() == 2.0).all()
+    with torch.no_grad():
+        assert project(leaf) is leaf

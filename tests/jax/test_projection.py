@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import weight_constraints as wc
 from tests.doctests import run_doctests
-from weight_constraints._polyhedral import BoxMaxNorm, Clip, MaxL1Norm, Simplex
+from weight_constraints import BoxMaxNorm, Clip, MaxL1Norm, Simplex
 from weight_constraints.adapters.optax import audit, projection
 
 # A few shapes, so that jitted functions are compiled once each: Dense (in, out), Conv1D, Conv2D.

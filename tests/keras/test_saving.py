@@ -139,8 +139,8 @@ print("RESULT {}")
 CORE_CLASSES = [
     "weight_constraints._objects.MaxNorm",
     "weight_constraints._objects.NonNeg",
-    "weight_constraints._polyhedral.Simplex",
-    "weight_constraints._polyhedral.Clip",
+    "weight_constraints._objects.Simplex",
+    "weight_constraints._objects.Clip",
 ]
 
 
