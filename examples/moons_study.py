@@ -9,7 +9,8 @@ On the torch backend all repeats of a configuration train at once as one batched
 weights shaped (repeats, out, in), batched matrix products, and the per-node constraint applied by
 the core to the batched weights (``dims=2``). Each repeat is exactly the model of
 ``moons_torch.py`` with seed ``seed + repeat``. The Keras backend trains the repeats one by one
-(as ``moons_keras.py`` does).
+(as ``moons_keras.py`` does). The batched ensemble, the progress bar and the report's pieces are
+shared with the digits study (``study_common.py``).
 
 Constraint specs: ``none``, ``unit_norm``, ``non_neg``, ``max_norm:C``,
 ``min_max_norm:MIN:MAX[:RATE]``, and the box, simplex and L1 kinds: ``clip:LOWER:UPPER``,
@@ -22,9 +23,7 @@ Example: ``python examples/moons_study.py --backend torch --repeats 30 --out out
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,22 @@ from moons_data import (
     plot_learning_curves,
     plot_norm_histograms,
 )
+from study_common import (
+    UsageError,
+    constrain_ensemble,
+    ensemble_forward,
+    ensemble_node_norms,
+    figure_lines,
+    label_of,
+    machine,
+    markdown_table,
+    mean_std,
+    min_median_max,
+    parse_numbers,
+    positive_int,
+    progress_bar,
+    stack_parameter,
+)
 
 DEFAULT_CONSTRAINTS = "none,unit_norm,max_norm:1,min_max_norm:1:1"
 PARSERS = {
@@ -59,10 +74,6 @@ PARSERS = {
     "simplex": (0, 1, lambda *values: wc.Simplex(*values)),
     "max_l1_norm": (1, 1, lambda *values: wc.MaxL1Norm(*values)),
 }
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one line, exit status 2."""
 
 
 def parse_constraint(spec: str) -> wc.Constraint | None:
@@ -86,24 +97,7 @@ def parse_constraint(spec: str) -> wc.Constraint | None:
 
 
 def parse_grid(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"malformed --grid {text!r}: expected numbers like 0.3,0.6,1.0") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise UsageError(f"malformed --grid {text!r}: expected finite numbers >= 0")
-    return values
-
-
-def label_of(constraint: wc.Constraint | None) -> str:
-    if constraint is None:
-        return "none"
-    config = constraint.get_config()
-    config.pop("axis", None)
-    if isinstance(constraint, wc.MinMaxNorm) and config["rate"] == 1.0:
-        config.pop("rate")
-    values = ":".join(f"{v:g}" for v in config.values())
-    return f"{constraint.name}:{values}" if values else constraint.name
+    return parse_numbers(text, "--grid", "0.3,0.6,1.0")
 
 
 @dataclass
@@ -129,34 +123,29 @@ def train_torch_ensemble(
 ) -> Outcome:
     import torch
 
-    from weight_constraints.adapters.torch import Constraints
-
     from moons_torch import MLP
 
     train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in moons())
     # Repeat r is moons_torch.MLP(seed r): the same initial weights, stacked.
     models = [MLP(seed, hidden) for seed in seeds]
-    stack = lambda get: torch.nn.Parameter(torch.stack([get(m).detach() for m in models]))  # noqa: E731
-    w1, b1 = stack(lambda m: m.hidden.weight), stack(lambda m: m.hidden.bias)  # (R, H, 2), (R, H)
-    w2, b2 = stack(lambda m: m.output.weight), stack(lambda m: m.output.bias)  # (R, 1, H), (R, 1)
+    w1 = stack_parameter(m.hidden.weight for m in models)  # (R, H, 2)
+    b1 = stack_parameter(m.hidden.bias for m in models)  # (R, H)
+    w2 = stack_parameter(m.output.weight for m in models)  # (R, 1, H)
+    b2 = stack_parameter(m.output.bias for m in models)  # (R, 1)
     repeats = len(seeds)
 
     def forward(x, first=repeats):
         """Logits of the first ``first`` repeats for inputs x (N, 2): shape (first, N)."""
-        batch = x.expand(first, *x.shape)
-        pre = torch.baddbmm(b1[:first, None], batch, w1[:first].transpose(1, 2))
-        return torch.baddbmm(b2[:first, None], pre.relu_(), w2[:first].transpose(1, 2))[..., 0]
+        return ensemble_forward([(w1, b1), (w2, b2)], x, first)[..., 0]
 
     optimizer = torch.optim.Adam([w1, b1, w2, b2], lr=LEARNING_RATE, eps=EPSILON)
-    if constraint is not None:
-        registry = Constraints().add(w1, constraint, dims=2, name="hidden.weight")
-        if output:
-            registry.add(w2, constraint, dims=2, name="output.weight")
-        if bias:
-            registry.add(b1, constraint, dims=1, name="hidden.bias")
-            registry.add(b2, constraint, dims=1, name="output.bias")
-        registry.attach(optimizer)
-    norms_before = wc.node_norms(w1.detach(), axis=2).numpy().copy()
+    entries = [("hidden.weight", w1, 2)]
+    if output:
+        entries.append(("output.weight", w2, 2))
+    if bias:
+        entries += [("hidden.bias", b1, 1), ("output.bias", b2, 1)]
+    constrain_ensemble(optimizer, constraint, entries)
+    norms_before = ensemble_node_norms(w1)
     curves = torch.empty(2, repeats, epochs)
     for epoch in range(epochs):
         optimizer.zero_grad(set_to_none=True)
@@ -184,7 +173,7 @@ def train_torch_ensemble(
         final_train.numpy(),
         final_test.numpy(),
         norms_before,
-        wc.node_norms(w1.detach(), axis=2).numpy(),
+        ensemble_node_norms(w1),
         boundary.numpy(),
     )
 
@@ -256,22 +245,6 @@ TRAINERS = {"torch": train_torch_ensemble, "keras": train_keras_repeats}
 # -- report --------------------------------------------------------------------------------------
 
 
-def mean_std(values: np.ndarray) -> str:
-    return f"{values.mean():.3f} ± {values.std():.3f}"
-
-
-def min_median_max(values: np.ndarray) -> str:
-    return f"{values.min():.3f} / {np.median(values):.3f} / {values.max():.3f}"
-
-
-def machine() -> str:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load average {load}, Python {platform.python_version()}"
-    )
-
-
 def write_report(args, outcomes, grid_outcomes, seconds, figures) -> Path:
     options = []
     if args.constrain_output:
@@ -293,28 +266,32 @@ def write_report(args, outcomes, grid_outcomes, seconds, figures) -> Path:
         "L2 norm of each hidden unit's incoming weights, min / median / max over all units of "
         "all repeats.",
         "",
-        "| constraint | train accuracy | test accuracy | norms before training "
-        "| norms after training | training time |",
-        "|---|---|---|---|---|---|",
     ]
-    for o in outcomes:
-        lines.append(
-            f"| {o.label} | {mean_std(o.final_train)} | {mean_std(o.final_test)} | "
-            f"{min_median_max(o.norms_before)} | {min_median_max(o.norms_after)} | "
-            f"{o.seconds:.1f} s |"
+    header = ["constraint", "train accuracy", "test accuracy", "norms before training"]
+    header += ["norms after training", "training time"]
+    rows = [
+        (
+            o.label,
+            mean_std(o.final_train),
+            mean_std(o.final_test),
+            min_median_max(o.norms_before),
+            min_median_max(o.norms_after),
+            f"{o.seconds:.1f} s",
         )
+        for o in outcomes
+    ]
+    lines += markdown_table(header, rows)
     if grid_outcomes:
         lines += [
             "",
             "## Grid over the constraint value: min_max_norm(a, a) on the hidden kernel",
             "",
-            "| a | train accuracy | test accuracy |",
-            "|---|---|---|",
         ]
-        for value, o in grid_outcomes:
-            lines.append(f"| {value:g} | {mean_std(o.final_train)} | {mean_std(o.final_test)} |")
-    lines += ["", "## Figures", ""]
-    lines += [f"![{name}]({name})" for name in figures]
+        rows = [
+            (f"{a:g}", mean_std(o.final_train), mean_std(o.final_test)) for a, o in grid_outcomes
+        ]
+        lines += markdown_table(["a", "train accuracy", "test accuracy"], rows)
+    lines += ["", "## Figures", "", *figure_lines(figures)]
     path = args.out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -348,19 +325,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(name: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--{name} must be an integer, got {text!r}") from None
-    if value < minimum:
-        raise UsageError(f"--{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def run(args: argparse.Namespace) -> Path:
-    from tqdm import tqdm
-
     args.repeats = positive_int("repeats", args.repeats, 1)
     args.epochs = positive_int("epochs", args.epochs, 1)
     args.seed = positive_int("seed", args.seed, 0)
@@ -376,7 +341,7 @@ def run(args: argparse.Namespace) -> Path:
     train = TRAINERS[args.backend]
     total = (len(constraints) + len(grid)) * args.epochs * args.repeats
     start = time.perf_counter()
-    with tqdm(total=total, disable=args.quiet, unit="epoch", unit_scale=True, desc="moons") as bar:
+    with progress_bar(total, "moons", disable=args.quiet) as bar:
         options = {"output": args.constrain_output, "bias": args.constrain_bias, "progress": bar}
 
         def timed(constraint):

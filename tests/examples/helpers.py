@@ -32,3 +32,15 @@ def run_script(name: str, *args: str, timeout: int = 600) -> subprocess.Complete
         text=True,
         timeout=timeout,
     )
+
+
+def table_rows(report: str, header: str) -> list[str]:
+    """The body rows of the first Markdown table after ``header`` in ``report``."""
+    lines = report.split(header, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:  # after the header and separator rows
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows

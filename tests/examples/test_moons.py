@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import weight_constraints as wc
-from tests.examples.helpers import RESULT, assert_png, run_script
+from tests.examples.helpers import RESULT, assert_png, run_script, table_rows
 
 from moons_data import result_line
 
@@ -68,17 +68,6 @@ def test_examples_reject_bad_epochs(script, tmp_path):
 
 def study(tmp_path, *args):
     return run_script("moons_study.py", "--out", str(tmp_path), "--quiet", *args)
-
-
-def table_rows(report: str, header: str) -> list[str]:
-    lines = report.split(header, 1)[1].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start + 2 :]:  # after the header and separator rows
-        if not line.startswith("|"):
-            break
-        rows.append(line)
-    return rows
 
 
 @pytest.mark.parametrize("backend", ["torch", "keras"])
