@@ -1,7 +1,7 @@
 """Speed, measured side by side: every contender of a row runs in the same process, interleaved
 (A B C A B C ...), repeated; the table reports medians and ratios.
 
-    python benchmarks/run.py            # everything; writes benchmarks/results.json,
+    python benchmarks/run.py            # everything; writes benchmarks/results/cpu.json,
                                         # docs/performance.md and docs/performance_scaling.png
     python benchmarks/run.py --quick --out /tmp/bench   # tiny sizes (the smoke test)
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     hook_layers = (4, 16) if args.quick else (100, 256)
     keras_width = 64 if args.quick else 512
     docs = args.out or ROOT / "docs"
-    results = args.out or ROOT / "benchmarks"
+    results = args.out or ROOT / "benchmarks" / "results"  # results apart from the scripts
     docs.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figure = "performance_scaling.png"
     scaling_bench.plot_scaling([r for r in rows if r.section == "scaling"], docs / figure)
-    (results / "results.json").write_text(
+    (results / "cpu.json").write_text(
         json.dumps({"machine": info, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
     )
     report.write_markdown(rows, info, docs / "performance.md", figure)

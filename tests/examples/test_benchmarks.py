@@ -16,7 +16,7 @@ TIMED_KINDS = ("MaxNorm", "UnitNorm", "MinMaxNorm")
 def test_benchmark_command_runs_every_section(tmp_path):
     result = run_script(str(BENCHMARKS / "run.py"), "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "results.json").read_text())
+    report = json.loads((tmp_path / "cpu.json").read_text())
     rows = report["rows"]
     sections = {row["section"] for row in rows}
     assert sections == {"numpy", "torch", "registry", "hook", "keras", "moons", "scaling"}
