@@ -21,7 +21,7 @@ Example:
 """
 
 from ._base import Constraint
-from ._checks import Axis
+from ._checks import DEFAULT_AXIS, Axis
 from ._norms import node_norms
 from ._objects import (
     BoxMaxNorm,
@@ -40,6 +40,7 @@ from ._registry import get
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_AXIS",
     "Axis",
     "BoxMaxNorm",
     "Clip",

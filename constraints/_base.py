@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ._checks import Axis, check_fits
 from ._projections import copy_into
+from ._shapes import fan_in, resolve
 
 
 class Constraint:
@@ -87,8 +89,39 @@ class Constraint:
 
     def bounds(self) -> dict[str, float]:
         """The parameters that bound the weights' values or norms, by name (``max_value``,
-        ``radius``, ``lower``...); ``{}`` for a constraint without any."""
+        ``radius``, ``lower``...), those given as numbers; ``{}`` for a constraint without
+        any."""
         return {}
+
+    rule_fields: ClassVar[tuple[str, ...]] = ()
+    """The parameters that may be given as a rule of the weight's shape (``"sqrt(fan_in)"``)."""
+
+    def rules(self) -> dict[str, str]:
+        """The parameters given as rules of the weight's shape, by name (``{}`` when all are
+        numbers)."""
+        found = {name: getattr(self, name) for name in self.rule_fields}
+        return {name: value for name, value in found.items() if isinstance(value, str)}
+
+    def resolved(self, shape: Sequence[int]) -> Constraint:
+        """This constraint for weights of ``shape``: each rule (``"sqrt(fan_in)"``) replaced by
+        its number, ``fan_in`` being the entries of a node (the sizes of the axes each norm runs
+        over); itself when it has no rule. The adapters resolve a constraint when they bind it
+        to a weight; calling the constraint on an array resolves it for that array.
+
+        Raises:
+            ValueError: The numbers do not make a valid constraint (``min_value > max_value``).
+
+        Example:
+            >>> from weight_constraints import MinMaxNorm
+            >>> edm2 = MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)", axis=(1, 2, 3))
+            >>> edm2.resolved((64, 16, 3, 3))  # a Conv2d weight: fan_in = 16 * 3 * 3
+            MinMaxNorm(min_value=12.0, max_value=12.0, rate=1.0, axis=(1, 2, 3))
+        """
+        rules = self.rules()
+        if not rules:
+            return self
+        n = fan_in(tuple(shape), getattr(self, "axis", None))
+        return dataclasses.replace(self, **{name: resolve(r, n) for name, r in rules.items()})  # type: ignore[type-var]
 
     def check_dtype(self, dtype: str) -> None:
         """Raise a ValueError, naming the parameter and the dtype, when a finite bound of this

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ._base import Constraint, saved_name
 from ._checks import (
     DEFAULT_AXIS,
@@ -18,7 +20,6 @@ from ._checks import (
     check_box,
     check_clip_bounds,
     check_rate,
-    check_value,
 )
 from ._polyhedral import SUM_ROUNDINGS, box_max_norm, clip, max_l1_norm, simplex
 from ._projections import (
@@ -28,6 +29,7 @@ from ._projections import (
     rescale,
     unit_norm_factor,
 )
+from ._shapes import Bound, check_bound, is_rule
 
 
 @saved_name
@@ -48,20 +50,23 @@ class MaxNorm(Constraint):
         True
     """
 
-    max_value: float = 2
+    max_value: Bound = 2
     axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "max_norm"
+    rule_fields: ClassVar[tuple[str, ...]] = ("max_value",)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_value", check_value("max_value", self.max_value))
+        object.__setattr__(self, "max_value", check_bound("max_value", self.max_value))
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
+        if self.rules():
+            return self.resolved(np.shape(w))(w, out=out, xp=xp)
         return rescale(w, self.axis, out, xp, self.bounds(), max_norm_factor, self.max_value)
 
     def bounds(self) -> dict[str, float]:
-        return {"max_value": self.max_value}
+        return _numbers(max_value=self.max_value)
 
     def factor(self, n: Any, acc: str, xp: Any) -> Any:
         """The factor each node is multiplied by, from the node norms ``n`` (accumulated in the
@@ -74,7 +79,7 @@ class MaxNorm(Constraint):
             >>> MaxNorm(2.0).factor(np.array([1.0, 4.0, np.nan]), "float64", np)
             array([1. , 0.5, 1. ])
         """
-        return max_norm_factor(n, acc, xp, self.max_value)
+        return max_norm_factor(n, acc, xp, _number(self, self.max_value))
 
 
 @saved_name
@@ -124,26 +129,33 @@ class MinMaxNorm(Constraint):
                [0.8]])
     """
 
-    min_value: float = 0.0
-    max_value: float = 1.0
+    min_value: Bound = 0.0
+    max_value: Bound = 1.0
     rate: float = 1.0
     axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "min_max_norm"
+    rule_fields: ClassVar[tuple[str, ...]] = ("min_value", "max_value")
 
     def __post_init__(self) -> None:
-        low, high = check_bounds(self.min_value, self.max_value)
+        if is_rule(self.min_value) or is_rule(self.max_value):
+            low = check_bound("min_value", self.min_value)
+            high = check_bound("max_value", self.max_value)
+        else:
+            low, high = check_bounds(self.min_value, self.max_value)
         object.__setattr__(self, "min_value", low)
         object.__setattr__(self, "max_value", high)
         object.__setattr__(self, "rate", check_rate(self.rate))
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
+        if self.rules():
+            return self.resolved(np.shape(w))(w, out=out, xp=xp)
         parameters = self._parameters()
         return rescale(w, self.axis, out, xp, self.bounds(), min_max_norm_factor, *parameters)
 
     def bounds(self) -> dict[str, float]:
-        return {"min_value": self.min_value, "max_value": self.max_value}
+        return _numbers(min_value=self.min_value, max_value=self.max_value)
 
     def factor(self, n: Any, acc: str, xp: Any) -> Any:
         """The per-node factor of :func:`min_max_norm` (see :meth:`MaxNorm.factor`).
@@ -157,7 +169,7 @@ class MinMaxNorm(Constraint):
         return min_max_norm_factor(n, acc, xp, *self._parameters())
 
     def _parameters(self) -> tuple[float, float, float]:
-        return self.min_value, self.max_value, self.rate
+        return _number(self, self.min_value), _number(self, self.max_value), self.rate
 
 
 @saved_name
@@ -231,23 +243,27 @@ class BoxMaxNorm(Constraint):
 
     lower: float
     upper: float
-    max_value: float
+    max_value: Bound
     axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "box_max_norm"
+    rule_fields: ClassVar[tuple[str, ...]] = ("max_value",)
 
     def __post_init__(self) -> None:
         low, high = check_box(self.lower, self.upper)
         object.__setattr__(self, "lower", low)
         object.__setattr__(self, "upper", high)
-        object.__setattr__(self, "max_value", check_value("max_value", self.max_value))
+        object.__setattr__(self, "max_value", check_bound("max_value", self.max_value))
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return box_max_norm(w, self.lower, self.upper, self.max_value, self.axis, out=out, xp=xp)
+        if self.rules():
+            return self.resolved(np.shape(w))(w, out=out, xp=xp)
+        c = _number(self, self.max_value)
+        return box_max_norm(w, self.lower, self.upper, c, self.axis, out=out, xp=xp)
 
     def bounds(self) -> dict[str, float]:
-        return {"lower": self.lower, "upper": self.upper, "max_value": self.max_value}
+        return _numbers(lower=self.lower, upper=self.upper, max_value=self.max_value)
 
 
 @saved_name
@@ -262,21 +278,24 @@ class Simplex(Constraint):
         array([[1., 0., 0.]])
     """
 
-    radius: float = 1.0
+    radius: Bound = 1.0
     axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "simplex"
     roundings: ClassVar[float] = SUM_ROUNDINGS
+    rule_fields: ClassVar[tuple[str, ...]] = ("radius",)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "radius", check_value("radius", self.radius))
+        object.__setattr__(self, "radius", check_bound("radius", self.radius))
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return simplex(w, self.radius, self.axis, out=out, xp=xp)
+        if self.rules():
+            return self.resolved(np.shape(w))(w, out=out, xp=xp)
+        return simplex(w, _number(self, self.radius), self.axis, out=out, xp=xp)
 
     def bounds(self) -> dict[str, float]:
-        return {"radius": self.radius}
+        return _numbers(radius=self.radius)
 
 
 @saved_name
@@ -292,21 +311,39 @@ class MaxL1Norm(Constraint):
                [0., 0.]])
     """
 
-    max_value: float
+    max_value: Bound
     axis: Axis = DEFAULT_AXIS
 
     name: ClassVar[str] = "max_l1_norm"
     roundings: ClassVar[float] = SUM_ROUNDINGS
+    rule_fields: ClassVar[tuple[str, ...]] = ("max_value",)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_value", check_value("max_value", self.max_value))
+        object.__setattr__(self, "max_value", check_bound("max_value", self.max_value))
         object.__setattr__(self, "axis", check_axis(self.axis))
 
     def __call__(self, w: Any, *, out: Any = None, xp: Any = None) -> Any:
-        return max_l1_norm(w, self.max_value, self.axis, out=out, xp=xp)
+        if self.rules():
+            return self.resolved(np.shape(w))(w, out=out, xp=xp)
+        return max_l1_norm(w, _number(self, self.max_value), self.axis, out=out, xp=xp)
 
     def bounds(self) -> dict[str, float]:
-        return {"max_value": self.max_value}
+        return _numbers(max_value=self.max_value)
+
+
+def _numbers(**bounds: Bound) -> dict[str, float]:
+    """The bounds given as numbers (rules are checked once resolved)."""
+    return {name: value for name, value in bounds.items() if not isinstance(value, str)}
+
+
+def _number(constraint: Constraint, bound: Bound) -> float:
+    """``bound`` as the number it is; a TypeError for a rule not resolved yet."""
+    if isinstance(bound, str):
+        raise TypeError(
+            f"{constraint!r} has a bound given as a rule ({bound!r}): resolve it for a weight's "
+            "shape first (constraint.resolved(shape)), or call the constraint on the weights"
+        )
+    return bound
 
 
 KINDS: tuple[type[Constraint], ...] = (

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ._backends import Backend, prepare
-from ._checks import Axis, check_box, check_clip_bounds, check_fits, check_value, normalize_axes
+from ._checks import Axis, check_box, check_clip_bounds, check_fits, normalize_axes
 from ._dtypes import accumulation_dtype, dtype_name, eps, float_dtype, in_range
+from ._shapes import for_weights
 
 SUM_ROUNDINGS = 4
 """How far the sum (simplex) or L1 norm (L1 ball) of a node may lie from the radius for the node
@@ -29,7 +30,10 @@ to count as on its set: ``SUM_ROUNDINGS · eps · radius``, ``eps`` the spacing 
 weights' dtype. A projected node's sum is the radius to within the rounding of its entries
 (``eps / 2 · radius`` when they are stored, plus the float32 or float64 rounding of the
 computation), whatever the node's size; the projections keep such a node as it is (so projecting
-twice changes nothing) and the audits accept it (``Simplex.roundings``)."""
+twice changes nothing) and the audits accept it (``Simplex.roundings``). Entries below the
+dtype's smallest normal number round to an absolute ``2**-25`` (float16): a float16 node of
+``m`` such entries sums to the radius only within ``m · 2**-25`` (3% at ``2**20``), while its
+distance to the set, at most ``sqrt(m) · 2**-25``, stays within ``4 · eps · radius``."""
 
 
 # -- per node, on rows -----------------------------------------------------------------------------
@@ -93,15 +97,17 @@ def _threshold(u: Any, radius: float, backend: Backend) -> tuple[Any, Any]:
     entry: subtract ``top`` from an entry, then ``t``. The sums run over ``u − top``, whose
     entries that stay positive lie within ``r`` of 0, so their rounding is relative to ``r``,
     not to the entries' magnitude (``[1000, 1000.5]`` onto the unit simplex in float32 sums to 1
-    within ``eps``, not within ``1000 eps``). A running sum over a long node still rounds at
-    every entry (NumPy's adds one entry at a time: some ``100 eps`` over ``2**20`` entries), so
-    ``t`` is then corrected by one Newton step on ``Σ max(u − top − t, 0) = r``, whose sum is
-    the backend's accurate (pairwise or tree) one: the projected node sums to ``r`` within a
-    few roundings, however long it is."""
+    within ``eps``, not within ``1000 eps``). Where the family's running sum rounds at every
+    entry (NumPy's and TensorFlow's, torch's in float64: some ``100 eps`` over ``2**20``
+    entries; see ``Backend.accurate_cumsum``), ``t`` is then corrected by one Newton step on
+    ``Σ max(u − top − t, 0) = r``, whose sum is the backend's accurate (pairwise or tree) one:
+    the projected node sums to ``r`` within a few roundings, however long it is."""
     top = u[..., :1]
     shifted = u - top
     sums = backend.cumsum_last(shifted)
     t = backend.max_last((sums - radius) / backend.counts(u.shape[-1], u))
+    if backend.accurate_cumsum(dtype_name(u)):
+        return top, t
     above = shifted - t
     positive = above > 0
     excess = backend.sum_last(backend.xp.where(positive, above, 0.0)) - radius
@@ -182,7 +188,8 @@ def box_max_norm(
         w: The weights, an array of a floating dtype.
         lower: The smallest value an entry may have, ``<= 0``; may be ``-inf``.
         upper: The largest value an entry may have, ``>= 0``; may be ``inf``.
-        max_value: The largest L2 norm a node may have, ``>= 0``.
+        max_value: The largest L2 norm a node may have, ``>= 0``, or a rule such as
+            ``"sqrt(fan_in)"`` (see :func:`max_norm`).
         axis: The axis or axes each node spans (see :func:`max_norm`); ``None`` for one node.
         out: An array of the shape and dtype of ``w`` to write into (NumPy and torch only).
         xp: The array namespace; inferred from ``w`` when omitted.
@@ -207,7 +214,7 @@ def box_max_norm(
         array([1. , 0.75])
     """
     low, high = check_box(lower, upper)
-    c = check_value("max_value", max_value)
+    c = for_weights("max_value", max_value, w, axis)
 
     def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
@@ -261,7 +268,8 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
 
     Args:
         w: The weights, an array of a floating dtype.
-        radius: The sum of every node, ``>= 0``.
+        radius: The sum of every node, ``>= 0``, or a rule such as ``"fan_in"`` (see
+            :func:`max_norm`).
         axis: The axis or axes each node spans (see :func:`max_norm`); ``None`` for one node.
         out: An array of the shape and dtype of ``w`` to write into (NumPy and torch only).
         xp: The array namespace; inferred from ``w`` when omitted.
@@ -282,7 +290,7 @@ def simplex(w: Any, radius: float = 1.0, axis: Axis = 0, *, out: Any = None, xp:
         array([[0. , 1. , 0.5],
                [1. , 0. , 0.5]])
     """
-    r = check_value("radius", radius)
+    r = for_weights("radius", radius, w, axis)
 
     def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp
@@ -313,7 +321,8 @@ def max_l1_norm(
 
     Args:
         w: The weights, an array of a floating dtype.
-        max_value: The largest L1 norm a node may have, ``>= 0``.
+        max_value: The largest L1 norm a node may have, ``>= 0``, or a rule such as
+            ``"sqrt(fan_in)"`` (see :func:`max_norm`).
         axis: The axis or axes each node spans (see :func:`max_norm`); ``None`` for one node.
         out: An array of the shape and dtype of ``w`` to write into (NumPy and torch only).
         xp: The array namespace; inferred from ``w`` when omitted.
@@ -334,7 +343,7 @@ def max_l1_norm(
         array([[ 1.5 ,  0.25],
                [-0.5 ,  0.5 ]])
     """
-    c = check_value("max_value", max_value)
+    c = for_weights("max_value", max_value, w, axis)
 
     def project(y: Any, backend: Backend, name: str) -> tuple[Any, Any]:
         xp = backend.xp

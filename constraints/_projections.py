@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._backends import prepare
-from ._checks import Axis, check_bounds, check_fits, check_rate, check_value, normalize_axes
+from ._checks import Axis, check_bounds, check_fits, check_rate, normalize_axes
 from ._dtypes import accumulation_dtype, float_dtype
+from ._shapes import for_weights
 
 # The smallest norm whose square is a normal number in the accumulation dtype (sqrt of the
 # smallest normal). Below it the squared norm is subnormal or zero: too imprecise to normalise.
@@ -107,7 +108,9 @@ def max_norm(
 
     Args:
         w: The weights, an array of a floating dtype (float16, bfloat16, float32, float64).
-        max_value: The largest norm a node may have, ``>= 0`` (a number or a 0-d array).
+        max_value: The largest norm a node may have, ``>= 0`` (a number or a 0-d array), or a
+            rule of the weights' shape such as ``"sqrt(fan_in)"`` (``fan_in`` the entries of
+            a node).
         axis: The axis or axes each norm is taken over; ``0`` gives one norm per column of a
             Keras ``Dense`` kernel ``(in, out)``; ``None`` treats the array as a single node.
         out: An array of the shape and dtype of ``w`` to write into (NumPy and torch only);
@@ -140,7 +143,7 @@ def max_norm(
         >>> w[:, 0]
         array([0.6, 0.8])
     """
-    c = check_value("max_value", max_value)
+    c = for_weights("max_value", max_value, w, axis)
     return rescale(w, axis, out, xp, {"max_value": c}, max_norm_factor, c)
 
 
@@ -197,8 +200,9 @@ def min_max_norm(
 
     Args:
         w: The weights, an array of a floating dtype.
-        min_value: The smallest norm a non-zero node may have, ``>= 0``.
-        max_value: The largest norm a node may have, ``>= min_value``.
+        min_value: The smallest norm a non-zero node may have, ``>= 0``, or a rule such as
+            ``"sqrt(fan_in)"`` (see :func:`max_norm`).
+        max_value: The largest norm a node may have, ``>= min_value``, or a rule.
         rate: The fraction of the way to the interval moved per call, in ``[0, 1]``.
         axis: The axis or axes each norm is taken over (see :func:`max_norm`).
         out: An array of the shape and dtype of ``w`` to write into (NumPy and torch only).
@@ -223,6 +227,9 @@ def min_max_norm(
         >>> min_max_norm(w, 1.0, 2.0, rate=0.5)[:, 0]  # norm 0.5 -> 0.75
         array([0.45, 0.6 ])
     """
+    if isinstance(min_value, str) or isinstance(max_value, str):  # rules of the weights' shape
+        min_value = for_weights("min_value", min_value, w, axis)
+        max_value = for_weights("max_value", max_value, w, axis)
     low, high = check_bounds(min_value, max_value)
     bounds = {"min_value": low, "max_value": high}
     return rescale(w, axis, out, xp, bounds, min_max_norm_factor, low, high, check_rate(rate))

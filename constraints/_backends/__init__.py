@@ -24,7 +24,11 @@ and, for the per-node projections that sort each node (``_polyhedral.py``), the 
 the last axis of "rows" that each family spells its own way: ``permute(x, order)``,
 ``sort_last(x)`` (ascending), ``argsort_last(x)``, ``take_last(x, indices)``,
 ``cumsum_last(x)``, ``flip_last(x)``, ``max_last(x)`` and ``sum_last(x)`` (keeping the axis;
-the sum pairwise or as a tree, not one entry at a time), ``counts(m, like)`` (``1, ..., m`` in
+the sum pairwise or as a tree, not one entry at a time), ``accurate_cumsum(name)`` (whether
+the running sum of rows of the dtype called ``name`` rounds as a tree or in a wider dtype
+rather than once per entry: torch's does for float32, accumulating it in float64 on the CPU
+and as a tree on CUDA; NumPy's and TensorFlow's do not, and the sum kinds then correct their
+threshold with ``sum_last``), ``counts(m, like)`` (``1, ..., m`` in
 the dtype and on the device of ``like``), ``clip(x, lower, upper, out)`` (NaN kept),
 ``write(result, out)`` (``result``, copied into ``out`` when it is given) and ``quiet()`` (a
 context in which the family's floating-point warnings are off, for nodes with ±inf or huge
@@ -71,6 +75,7 @@ class Backend(Protocol):
     def name(self) -> str: ...
     @property
     def xp(self) -> Any: ...
+    def accurate_cumsum(self, name: str) -> bool: ...
 
     def prepare(self, w: Any) -> Any: ...
     def astype(self, x: Any, name: str) -> Any: ...

@@ -55,6 +55,9 @@ class GenericBackend:
             )
         self.xp = xp
 
+    def accurate_cumsum(self, name: str) -> bool:
+        return False  # not known for every namespace (TensorFlow's adds one entry at a time)
+
     def prepare(self, w: Any) -> Any:
         if not (hasattr(w, "shape") and hasattr(w, "dtype")) or _family(w) not in (
             None,

@@ -42,6 +42,9 @@ class NumPyBackend:
     name = "numpy"
     xp = np
 
+    def accurate_cumsum(self, name: str) -> bool:
+        return False  # one entry at a time, in the array's dtype
+
     def prepare(self, w: Any) -> np.ndarray:
         return np.asarray(w)
 

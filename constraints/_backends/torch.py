@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+import sys
+from typing import Any, NamedTuple
 
 from ._common import check_like, type_name
 
@@ -40,6 +41,14 @@ class TorchBackend:
 
     def __init__(self, torch: Any) -> None:
         self.xp = torch
+
+    def accurate_cumsum(self, name: str) -> bool:
+        """float32 running sums are accumulated in float64 on the CPU (ATen's ``acc_type``) and
+        as a tree scan on CUDA; float64 ones add one entry at a time. Under ``torch.compile``
+        the threshold's Newton step is not taken either: TorchInductor's CPU loop fusion (torch
+        2.13) fails to compile it when the result is written in place (``KeyError 'buf12'``),
+        so compiled float64 nodes of ``m`` entries sum to the radius within ``m · eps``."""
+        return name != "float64" or self.xp.compiler.is_compiling()
 
     def prepare(self, w: Any) -> Any:
         torch = self.xp
@@ -192,10 +201,11 @@ class TorchBackend:
                 "out is an inference tensor (made under torch.inference_mode()): it can only be "
                 "written inside torch.inference_mode(); clone() it outside, or project inside"
             )
-        if 0 in out.stride() and _shares_entries(out):
+        if may_overlap(tuple(out.shape), out.stride()):
+            how = "stride 0, e.g. an expanded tensor" if 0 in out.stride() else "strides overlap"
             raise ValueError(
-                f"out has entries that share memory (stride 0, e.g. an expanded tensor: shape "
-                f"{tuple(out.shape)}, strides {out.stride()}); clone() it first"
+                f"out has entries that share memory ({how}: shape {tuple(out.shape)}, strides "
+                f"{out.stride()}); clone() it first"
             )
         if out is not w and _overlap(out, w):
             raise ValueError(
@@ -246,25 +256,97 @@ class TorchBackend:
         return result if out is None else out.copy_(result)
 
 
-def _shares_entries(t: Any) -> bool:
-    """Whether two entries of ``t`` lie at the same address (a stride 0 over a dim of size > 1,
-    as in an expanded tensor; torch refuses to write such a tensor in place)."""
-    dims = zip(t.stride(), t.shape, strict=True)
-    return t.numel() > 0 and any(s == 0 and n > 1 for s, n in dims)
+class Region(NamedTuple):
+    """Where a tensor's elements lie: its storage (``device``, ``address``), the bytes
+    ``[start, end)`` its elements span there, and its element size."""
+
+    device: Any
+    address: int
+    start: int
+    end: int
+    itemsize: int
+
+
+def region(t: Any) -> Region | None:
+    """The :class:`Region` of a strided tensor, or None when it has no memory to compare
+    (empty, meta, no storage). Metadata only: no host synchronisation.
+
+    Example:
+        >>> import torch
+        >>> w = torch.zeros(4, 6)
+        >>> r = region(w[1])
+        >>> (r.start, r.end, r.itemsize), region(w).address == r.address
+        ((24, 48, 4), True)
+    """
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    try:
+        address = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    size = t.element_size()
+    start = int(t.storage_offset())
+    last = start + sum(int(n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    return Region(t.device, address, start * size, (last + 1) * size, size)
+
+
+# The most elements an exact overlap test lays out (a CPU mask of booleans, 16 MiB); beyond it,
+# two tensors whose byte spans meet are taken to share an element.
+_EXACT_LIMIT = 1 << 24
+
+
+def share(ra: Region, rb: Region, a: Any, b: Any) -> bool:
+    """Whether the tensors ``a`` and ``b``, of regions ``ra`` and ``rb`` in one storage, have an
+    element in common: exact for equal element sizes (interleaved views such as ``w[:, ::2]``
+    and ``w[:, 1::2]`` do not share), from metadata only (a CPU mask laid out with their
+    strides); conservative (True) for spans that meet over more than 2**24 elements or for
+    different element sizes.
+
+    Example:
+        >>> import torch
+        >>> w = torch.zeros(4, 6)
+        >>> left, right = w[:, ::2], w[:, 1::2]
+        >>> share(region(left), region(right), left, right), share(region(w), region(left), w, left)
+        (False, True)
+    """
+    if ra.address != rb.address or ra.end <= rb.start or rb.end <= ra.start:
+        return False
+    if ra.itemsize != rb.itemsize:
+        return True  # different element sizes over the same bytes: assume they meet
+    size = ra.itemsize
+    low, high = min(ra.start, rb.start) // size, max(ra.end, rb.end) // size
+    if high - low > _EXACT_LIMIT:
+        return True
+    torch = sys.modules["torch"]  # a and b are its tensors
+    mask = torch.zeros(high - low, dtype=torch.bool)
+    mask.as_strided(a.shape, a.stride(), ra.start // size - low).fill_(True)
+    return bool(mask.as_strided(b.shape, b.stride(), rb.start // size - low).any())
+
+
+def may_overlap(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether two elements of a strided tensor may share one memory location (an expanded
+    tensor, or strides that interleave). Exact for every layout ``view``/``expand``/``permute``
+    and slicing produce; conservative for hand-made ``as_strided`` layouts.
+
+    Example:
+        >>> import torch
+        >>> may_overlap((3, 4), (4, 1)), may_overlap((3, 4), (0, 1))
+        (False, True)
+    """
+    if 0 in shape:  # no elements
+        return False
+    reach = 0
+    for step, size in sorted((s, n) for n, s in zip(shape, stride, strict=True) if n > 1):
+        if step <= reach:
+            return True
+        reach += (size - 1) * step
+    return False
 
 
 def _overlap(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` share memory, other than as the very same layout (then each
+    """Whether ``a`` and ``b`` share an element, other than as the very same layout (then each
     entry is read before it is written, as with ``out=w``)."""
-    if not a.numel() or not b.numel() or a.device.type == "meta":  # meta tensors: no memory
-        return False
     if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
         return False
-    (a_start, a_stop), (b_start, b_stop) = _span(a), _span(b)
-    return a_start < b_stop and b_start < a_stop
-
-
-def _span(t: Any) -> tuple[int, int]:
-    """The bytes ``[start, stop)`` that a non-empty strided tensor's entries lie in."""
-    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
-    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+    ra, rb = region(a), region(b)
+    return ra is not None and rb is not None and share(ra, rb, a, b)

@@ -326,3 +326,16 @@ def test_a_parameter_as_out_outside_no_grad_is_refused_before_torch_fails(projec
     assert (leaf.detach() == 2.0).all()
     with torch.no_grad():
         assert project(leaf) is leaf
+
+
+def test_torch_out_interleaved_with_w_but_disjoint_is_accepted():
+    """The overlap test is exact (one implementation, shared with the adapter's memory index):
+    ``w[:, ::2]`` and ``w[:, 1::2]`` span the same bytes but share no element."""
+    torch = pytest.importorskip("torch")
+    base = torch.arange(24.0).reshape(4, 6)
+    w, out = base[:, ::2], base[:, 1::2]
+    expected = wc.max_norm(w.clone(), 1.0, 0)
+    assert wc.max_norm(w, 1.0, 0, out=out) is out
+    assert torch.equal(out, expected) and torch.equal(w, torch.arange(24.0).reshape(4, 6)[:, ::2])
+    with pytest.raises(ValueError, match="overlaps the memory of w"):
+        wc.max_norm(base[:, :3], 1.0, 0, out=base[:, 1:4])

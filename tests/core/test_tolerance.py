@@ -152,3 +152,31 @@ def test_no_numpy_warnings_for_inf_nodes_and_huge_entries(kind):
     assert np.isfinite(got[:, 1:]).all()
     measured = sums(got[:, 1:]) if kind == "simplex" else l1(got[:, 1:])
     np.testing.assert_allclose(measured, 1.0, rtol=SUM_ROUNDINGS * 2.0**-23)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("m", [1024, 2**20])
+def test_torch_sums_within_a_few_roundings_without_a_newton_step(m, dtype):
+    """torch's running sums are accurate (float64 accumulation on the CPU): its projections
+    skip the threshold's Newton step and still land within the slack, idempotent."""
+    torch = pytest.importorskip("torch")
+    w = torch.from_numpy(random_nodes(m, "float64", seed=m)).to(getattr(torch, dtype))
+    slack = SUM_ROUNDINGS * EPS[dtype] * 2.5
+    once = wc.simplex(w, 2.5)
+    assert (np.abs(sums(once.double().numpy()) - 2.5) <= slack).all()
+    assert torch.equal(wc.simplex(once, 2.5), once)
+    ball = wc.max_l1_norm(w, 2.5)
+    assert (l1(ball.double().numpy()) <= 2.5 + slack).all()
+    assert torch.equal(wc.max_l1_norm(ball, 2.5), ball)
+
+
+@pytest.mark.parametrize("kind", ["simplex", "max_l1_norm"])
+def test_torch_compile_projects_the_sum_kinds_in_place(kind):
+    """A Newton step on the threshold made TorchInductor's CPU loop fusion fail (KeyError
+    'buf12') when the result is written in place, as compile=True registries do."""
+    torch = pytest.importorskip("torch")
+    project = getattr(wc, kind)
+    w = torch.rand(3, 64, generator=torch.Generator().manual_seed(0)) * 4
+    want = project(w, 1.0, 1)
+    compiled = torch.compile(lambda x: x.copy_(project(x, 1.0, 1)), fullgraph=True)
+    torch.testing.assert_close(compiled(w.clone()), want, rtol=1e-6, atol=1e-6)

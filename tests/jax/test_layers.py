@@ -10,11 +10,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 import weight_constraints as wc
-from weight_constraints.adapters.optax import audit, projection
+from weight_constraints.adapters.optax import audit, project, projection
 
 KEY = jax.random.key(0)
 
@@ -303,3 +304,63 @@ def test_batch_norm_state_and_rng_state_pass_through():
         assert leaf_at(projected, name) is leaf_at(state, name)
     assert rows["layers/2/rngs/count"].note == "not floating-point"
     assert type(projected) is type(state)
+
+
+# -- names are not proof: a recurrent cell by its whole structure (issue 17, case 3b) ------------
+
+
+class NamedLikeACell(nn.Module):
+    """A block of one's own whose Dense layers are named like a SimpleCell's."""
+
+    hidden_bias: bool = True
+    hidden_in: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(8, name="i")(x))
+        return nn.Dense(8, use_bias=self.hidden_bias, name="h")(x[..., : self.hidden_in])
+
+
+LOOKALIKES = {
+    "i and h, both with a bias": lambda: NamedLikeACell().init(KEY, jnp.ones((1, 3))),
+    "h without a bias, not square": lambda: NamedLikeACell(False, 5).init(KEY, jnp.ones((1, 3))),
+    "GRU gate names, one missing": lambda: {
+        "params": {
+            name: {"kernel": jnp.ones((4 if name.startswith("h") else 3, 4))}
+            for name in ("ir", "iz", "in", "hr", "hz")
+        }
+    },
+    "LSTM gate names, square input layers of another width": lambda: {
+        "params": {
+            **{name: {"kernel": jnp.ones((3, 4))} for name in ("ii", "if", "ig", "io")},
+            **{
+                name: {"kernel": jnp.ones((5, 5)), "bias": jnp.ones(5)}
+                for name in ("hi", "hf", "hg", "ho")
+            },
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("build", LOOKALIKES.values(), ids=LOOKALIKES.keys())
+def test_layers_named_like_a_cell_are_kernels(build):
+    params = randomised(build()["params"])
+    params = jax.tree.map(lambda a: a * 10, params)  # every node far outside the ball
+    kernel = wc.MaxNorm(0.1)
+    rows = [row for row in audit(params, kernel=kernel) if row.name.endswith("kernel")]
+    assert rows and all(row.note == "kernel" and row.active for row in rows), rows
+    projected = projection(kernel=kernel)(params)
+    assert audit(projected, kernel=kernel).problems() == []
+    with pytest.raises(ValueError, match="no parameter has the role recurrent"):
+        projection(kernel=kernel, recurrent=wc.UnitNorm())(params)
+
+
+def test_a_cell_whose_structure_optax_masked_hides_is_refused():
+    cell = nn.LSTMCell(4)
+    x = jnp.ones((1, 3))
+    params = randomised(cell.init(KEY, cell.initialize_carry(KEY, x.shape), x)["params"])
+    mask = jax.tree.map(lambda _: True, params)
+    mask["ii"]["kernel"] = False  # the input layers' shapes prove the hidden ones
+    tx = optax.masked(project(kernel=wc.MaxNorm(1.0), recurrent=wc.UnitNorm()), mask)
+    with pytest.raises(ValueError, match=r"hi/kernel \(4, 4\): the layers of a LSTMCell\?"):
+        tx.update(params, tx.init(params), params)

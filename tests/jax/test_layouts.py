@@ -340,6 +340,44 @@ def test_spectral_norm_statistics_are_passed_over_and_its_kernel_refused():
     assert notes["params/Dense_0/kernel"].startswith("unknown (normalised by")
 
 
+def test_spectral_norm_params_alone_read_as_a_dense_and_the_full_variables_flag_it():
+    """linen's SpectralNorm keeps everything it adds in batch_stats: its params are a plain
+    Dense's, so nothing in them can tell (docs/jax.md lists it among the layouts the leaves
+    cannot reveal); the full variables show it, and the audit of them raises, naming it."""
+    variables = SpectralNormed().init(KEY, jnp.ones((2, 8)))
+    plain = nn.Dense(4).init(KEY, jnp.ones((2, 8)))["params"]
+    assert jax.tree.structure(variables["params"]) == jax.tree.structure({"Dense_0": plain})
+    kernel = wc.MaxNorm(0.1)
+    rows = {row.name: row for row in audit(variables["params"], kernel=kernel)}
+    assert rows["Dense_0/kernel"].note == "kernel"  # read as a Dense: undetectable
+    for strict in (False, True):
+        with pytest.raises(
+            ValueError,
+            match=r"params/Dense_0/kernel \(8, 4\): normalised by "
+            r"batch_stats/SpectralNorm_0/Dense_0/kernel/",
+        ):
+            audit(variables, kernel=kernel, strict=strict)
+
+
+def test_a_masked_weight_norm_scale_still_shows_its_kernel():
+    params = jax.tree.map(lambda a: a * 5, WeightNormed().init(KEY, jnp.ones((2, 8)))["params"])
+    mask = jax.tree.map(lambda _: True, params)
+    mask["WeightNorm_0"]["Dense_0/kernel/scale"] = False
+    tx = optax.masked(project(kernel=wc.MaxNorm(0.5)), mask)
+    with pytest.raises(ValueError, match=r"Dense_0/kernel \(8, 4\): normalised by WeightNorm_0"):
+        tx.update(params, tx.init(params), params)
+
+
+def test_a_parameter_name_among_statistics_is_not_passed_over():
+    """Flax keeps no kernel, bias or embedding in batch_stats or cache: a leaf so named there is
+    a layer of one's own, never silently left alone."""
+    params = {"cache": {"kernel": jnp.ones((3, 2))}, "Dense_0": {"kernel": jnp.ones((3, 2))}}
+    with pytest.raises(ValueError, match=r"cache/kernel \(3, 2\): a kernel among statistics"):
+        projection(kernel=wc.MaxNorm(1.0))(params)
+    rows = {r.name: r for r in audit(params, kernel=wc.MaxNorm(1.0), rules={"cache/.*": None})}
+    assert rows["Dense_0/kernel"].active and not rows["cache/kernel"].active
+
+
 # -- NumPy leaves ----------------------------------------------------------------------------------
 
 

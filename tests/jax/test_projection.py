@@ -62,8 +62,12 @@ def layer(w) -> dict:
     return {name: {"kernel": jnp.asarray(w)}}, f"{name}/kernel"
 
 
-def test_docstring_examples():
-    run_doctests("weight_constraints.adapters.optax")
+MODULES = ["", "._layouts", "._cells", "._leaves", "._patterns", "._projection", "._transforms"]
+
+
+@pytest.mark.parametrize("module", [*MODULES, "._audit"])
+def test_docstring_examples(module):
+    run_doctests(f"weight_constraints.adapters.optax{module}")
 
 
 @given(w=kernels(), constraint=constraints)

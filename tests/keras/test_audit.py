@@ -11,7 +11,7 @@ import pytest
 from keras import layers, ops
 
 import weight_constraints as wc
-from weight_constraints.adapters import _rules as wk_rules
+from weight_constraints.adapters import _audit as wk_rules
 from weight_constraints.adapters import keras as wk
 
 
@@ -194,10 +194,12 @@ def test_constraint_stats_reach_csv_logger_and_history(tmp_path):
     expected = {
         f"{prefix}constrained/kernel/norm_min",
         f"{prefix}constrained/kernel/norm_max",
+        f"{prefix}constrained/kernel/norm_mean",  # the shared schema: new in constraint_stats
         f"{prefix}constrained/kernel/violation",
         f"{prefix}constrained/bias/violation",
         f"{prefix}frozen/kernel/norm_min",
         f"{prefix}frozen/kernel/norm_max",
+        f"{prefix}frozen/kernel/norm_mean",
         f"{prefix}frozen/kernel/violation",
     }
     assert expected <= set(rows[0])
@@ -210,6 +212,7 @@ def test_constraint_stats_reach_csv_logger_and_history(tmp_path):
     norms = wc.node_norms(numpy(model.get_layer("frozen").kernel), 0)
     assert final[f"{prefix}frozen/kernel/norm_min"] == pytest.approx(norms.min(), rel=1e-12)
     assert final[f"{prefix}frozen/kernel/norm_max"] == pytest.approx(norms.max(), rel=1e-12)
+    assert final[f"{prefix}frozen/kernel/norm_mean"] == pytest.approx(norms.mean(), rel=1e-12)
     for key, value in final.items():
         assert history.history[key][-1] == pytest.approx(value, rel=1e-6, abs=1e-12)
         assert float(rows[-1][key]) == pytest.approx(value, rel=1e-6, abs=1e-12)
@@ -254,3 +257,24 @@ def test_a_constraint_on_other_axes_than_the_per_node_ones_is_noted(make, shape,
     (row,) = [r for r in wk.audit(model) if r.constraint is not None]
     assert row.note == note
     wk.audit(model, strict=True)  # satisfied on its own axes: informative, not a problem
+
+
+def test_norm_stats_give_the_shared_schema_for_every_weight_of_a_known_layer():
+    model = network()
+    stats = wk.norm_stats(model)
+    norms = ("norm_min", "norm_max", "norm_mean")
+    expected = {f"constrained/kernel/{s}" for s in (*norms, "violation")}
+    expected |= {"constrained/bias/violation"}  # NonNeg: entry-wise, no node norms
+    for name in ("plain/kernel", "plain/bias", "frozen/bias", "head/kernel", "head/bias"):
+        expected |= {f"{name}/{s}" for s in norms}  # per-node axes from the layer tables
+    expected |= {f"frozen/kernel/{s}" for s in (*norms, "violation")}
+    assert set(stats) == expected  # the batch norm's weights have no role: none
+    assert all(key.rsplit("/", 1)[1] in wk_rules.STATISTICS for key in stats)
+    kernel = wc.node_norms(numpy(model.get_layer("plain").kernel), 0)
+    assert stats["plain/kernel/norm_mean"] == pytest.approx(kernel.mean(), rel=1e-12)
+    assert stats["plain/kernel/norm_min"] == pytest.approx(kernel.min(), rel=1e-12)
+    bias = np.linalg.norm(numpy(model.get_layer("head").bias))
+    assert stats["head/bias/norm_max"] == pytest.approx(bias, rel=1e-12, abs=1e-300)
+    constrained = {k: v for k, v in stats.items() if k.startswith(("constrained/", "frozen/k"))}
+    prefixed = {f"constraints/{key}": value for key, value in constrained.items()}
+    assert wk.constraint_stats(model) == prefixed  # the same schema, constrained weights only

@@ -13,6 +13,7 @@ import weight_constraints as wc
 from tests.doctests import run_doctests
 from weight_constraints._checks import is_default_axis
 from weight_constraints.adapters import keras as wk
+from weight_constraints.adapters.keras._twins import TWINS
 
 PAIRS = [
     (wk.MaxNorm, keras.constraints.MaxNorm),
@@ -22,8 +23,9 @@ PAIRS = [
 ]
 
 
-def test_docstring_examples():
-    run_doctests("weight_constraints.adapters.keras")
+@pytest.mark.parametrize("module", ["", "._twins", "._names", "._layers", "._constrain", "._audit"])
+def test_docstring_examples(module):
+    run_doctests(f"weight_constraints.adapters.keras{module}")
 
 
 @pytest.mark.parametrize("ours, theirs", PAIRS)
@@ -281,7 +283,7 @@ def test_new_kinds_take_the_core_arguments_and_have_snake_case_aliases(ours, cor
         (p.name, p.default) for p in theirs.values()
     ]
     assert getattr(wk, alias) is ours and alias in wk.__all__ and ours.__qualname__ in wk.__all__
-    assert wk._TWINS[core] is ours
+    assert TWINS[core] is ours
     assert wk.get(alias if alias == "simplex" else core(**ARGUMENTS[alias])) is not None
 
 

@@ -171,7 +171,13 @@ AXES = [
 @pytest.mark.parametrize("make, weight, axes", AXES)
 def test_per_node_axis(make, weight, axes):
     layer = make()
-    assert wk.per_node_axis(layer, weight) == axes
+    assert wk.per_node_axes(layer, weight) == axes
+    assert wk.per_node_axis(layer, weight) == axes  # the former name, kept
+
+
+def test_per_node_axis_is_the_former_name_of_per_node_axes():
+    assert wk.per_node_axis is wk.per_node_axes
+    assert "per_node_axes" in wk.__all__ and "per_node_axis" in wk.__all__
 
 
 def test_per_node_axis_errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pkgutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 import weight_constraints as wc
+import weight_constraints.adapters.torch as adapter
 from tests.doctests import run_doctests
 from weight_constraints.adapters.torch import (
     Constraints,
@@ -23,8 +25,12 @@ from weight_constraints.adapters.torch import (
 torch.manual_seed(0)
 
 
-def test_docstring_examples():
-    run_doctests("weight_constraints.adapters.torch")
+MODULES = ["", *(f".{m.name}" for m in pkgutil.iter_modules(adapter.__path__))]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples(module):
+    run_doctests(f"weight_constraints.adapters.torch{module}")
 
 
 # -- per-node dims ------------------------------------------------------------------------------

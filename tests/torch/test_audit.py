@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import weight_constraints as wc
-from weight_constraints.adapters._rules import Audit
+from weight_constraints.adapters._audit import Audit
 from weight_constraints.adapters.torch import Constraints, audit, constrain, node_norms, norm_stats
 
 
@@ -138,7 +138,8 @@ def test_a_parameter_outside_the_optimizer_is_inactive():
     model, _, _ = trained()
     model.encoder.requires_grad_(True)
     head_only = torch.optim.SGD(model.decoder.parameters(), lr=0.1)
-    constrain(model, head_only, kernel=wc.MaxNorm(1.0))
+    with pytest.warns(UserWarning, match=r"2 of the 3 .*: embed\.weight, encoder\.weight\."):
+        constrain(model, head_only, kernel=wc.MaxNorm(1.0))
     rows = by_name(audit(model, head_only))
     assert rows["decoder.weight"].active
     assert "not in the optimizer's param groups" in rows["encoder.weight"].note
@@ -150,11 +151,12 @@ def test_norm_stats():
     assert set(stats) == {
         f"{n}/{k}"
         for n in ("embed.weight", "encoder.weight", "decoder.weight")
-        for k in ("norm_max", "norm_mean", "violation")
+        for k in ("norm_min", "norm_max", "norm_mean", "violation")
     }
     norms = node_norms(model.decoder.weight, 1).double()
     assert stats["decoder.weight/norm_max"] == pytest.approx(float(norms.max()))
     assert stats["decoder.weight/norm_mean"] == pytest.approx(float(norms.mean()))
+    assert stats["decoder.weight/norm_min"] == pytest.approx(float(norms.min()))
     assert all(isinstance(v, float) for v in stats.values())
     of_model = norm_stats(model)  # also the weights without a constraint whose dims are known
     assert of_model["encoder.bias/norm_max"] == pytest.approx(float(model.encoder.bias.norm()))

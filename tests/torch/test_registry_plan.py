@@ -18,15 +18,22 @@ from torch.nn.utils import parametrize
 
 import weight_constraints as wc
 import weight_constraints.adapters.torch as adapter
-from weight_constraints.adapters._torch_plan import Plan
-from weight_constraints.adapters.torch import Constraints, audit, constrain, node_norms
+from weight_constraints.adapters.torch import (
+    Constraints,
+    _hooks,
+    _project,
+    audit,
+    constrain,
+    node_norms,
+)
+from weight_constraints.adapters.torch._plan import Plan
 
 
 @pytest.fixture(params=["cpp", "python"])
 def guard_kind(request, monkeypatch):
     """Every test runs with the C++ tensor check and with its pure-Python fallback."""
     if request.param == "python":
-        monkeypatch.setattr(adapter, "_tensor_guards", lambda tensors: None)
+        monkeypatch.setattr(_hooks, "_tensor_guards", lambda tensors: None)
     return request.param
 
 
@@ -89,7 +96,7 @@ class Counter:
 
     def __init__(self, monkeypatch):
         self.full = self.runs = self.builds = 0
-        full, run, init = Constraints._plan, Plan.run, Plan.__init__
+        full, run, init = Constraints._select, Plan.run, Plan.__init__
 
         def counted_full(registry, members):
             self.full += 1
@@ -103,7 +110,7 @@ class Counter:
             self.builds += 1
             return init(plan, items)
 
-        monkeypatch.setattr(Constraints, "_plan", counted_full)
+        monkeypatch.setattr(Constraints, "_select", counted_full)
         monkeypatch.setattr(Plan, "run", counted_run)
         monkeypatch.setattr(Plan, "__init__", counted_init)
 
@@ -285,7 +292,8 @@ def test_the_hook_leaves_frozen_and_foreign_weights_alone(guard_kind):
             layer.weight.mul_(20)
     layers[1].weight.requires_grad_(False)  # frozen: no gradient, not updated
     optimizer = torch.optim.SGD([p for i, m in enumerate(layers) if i != 3 for p in m.parameters()])
-    reg = constrain(layers, optimizer, kernel=wc.MaxNorm(0.5))
+    with pytest.warns(UserWarning, match=r"1 of the 4 .*: 3\.weight\."):  # 1 is frozen
+        reg = constrain(layers, optimizer, kernel=wc.MaxNorm(0.5))
     before = {i: layers[i].weight.detach().clone() for i in (1, 3)}
     for _ in range(3):
         optimizer.zero_grad()
@@ -362,7 +370,7 @@ def test_compile_keeps_its_own_path(compile, monkeypatch):
     layers = mlp()
     reg = constrain(layers, None, kernel=wc.MaxNorm(0.5), compile=compile)
     calls = []
-    monkeypatch.setattr(adapter, "_compiled_projection", lambda: calls.append)
+    monkeypatch.setattr(_project, "_compiled_projection", lambda: calls.append)
     reg.apply()  # the full check
     reg.apply()  # the fast path
     assert [len(items) for items in calls] == ([2, 2] if compile else [])
@@ -601,7 +609,7 @@ def test_new_kinds_through_constrain_project_and_the_audit(constraint):
         for p in layers.parameters():
             p.mul_(4)
     bound = [
-        adapter._with_axis(constraint, dims) if hasattr(constraint, "axis") else constraint
+        constraint.with_axis(dims) if hasattr(constraint, "axis") else constraint
         for dims in ((1,), (1, 2))
     ]
     # projected twice through the core: the fast path's second call must give the same bits
@@ -616,7 +624,7 @@ def test_new_kinds_through_constrain_project_and_the_audit(constraint):
     rows = [row for row in audit(layers) if row.constraint is not None]
     assert len(rows) == 2 and all(row.violation <= 1e-6 for row in rows)
     w = torch.randn(5, 7) * 3
-    reference = adapter._with_axis(constraint, (1,)) if hasattr(constraint, "axis") else constraint
+    reference = constraint.with_axis((1,)) if hasattr(constraint, "axis") else constraint
     assert torch.equal(adapter.project_(w.clone(), constraint, dims=1), reference(w))
 
 

@@ -158,7 +158,8 @@ def test_a_replaced_parameter_the_optimizer_updates_is_constrained():
 def test_a_replaced_parameter_the_optimizer_never_held_is_left_alone():
     model = mlp()
     optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)  # trains the head only
-    constrain(model, optimizer, kernel=wc.MaxNorm(0.5))
+    with pytest.warns(UserWarning, match=r"0\.weight\. If another optimizer trains them"):
+        constrain(model, optimizer, kernel=wc.MaxNorm(0.5))
     model[0].weight = nn.Parameter(torch.randn(5, 6) * 10)
     kept = model[0].weight.detach().clone()
     step(model, optimizer)  # neither the old nor the new one is this optimizer's: no error
@@ -215,7 +216,8 @@ def test_a_hook_leaves_frozen_weights_alone():
 def test_a_hook_projects_only_what_its_optimizer_updated():
     model = mlp()
     head = torch.optim.SGD(model[2].parameters(), lr=0.1)
-    constrain(model, head, kernel=wc.MaxNorm(0.5))
+    with pytest.warns(UserWarning, match=r"not in the optimizer's param groups.*: 0\.weight\."):
+        constrain(model, head, kernel=wc.MaxNorm(0.5))
     body = model[0].weight.detach().clone()
     step(model, head)
     assert torch.equal(model[0].weight, body)  # not in this optimizer's param groups

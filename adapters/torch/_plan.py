@@ -1,8 +1,9 @@
-"""Projection plans for the PyTorch adapter: the arithmetic of ``Constraints.apply()``, batched.
+"""The batched projection of the PyTorch adapter: the arithmetic of the registry's fast path.
 
-The registry's entries are bound once to a :class:`Plan` (validated dims, views, groups and
-buffers); calling the plan then runs tensor operations only, with no per-call validation and no
-host synchronisation. The per-tensor core call costs some 20 µs of Python and half a dozen small
+The tensors a call projects are bound once to a :class:`Plan` (validated dims, views, groups and
+buffers); running the plan then runs tensor operations only, with no per-call validation and no
+host synchronisation (the registry's guard checks that the tensors are still those it was
+bound to). The per-tensor core call costs some 20 µs of Python and half a dozen small
 operations per tensor, against one ``renorm_`` for the hand-written loop; the plan brings that
 down by grouping tensors that share a constraint, dtype and device:
 
@@ -24,26 +25,25 @@ nodes stay zero, and a NaN stays in its own node.
 Example:
     >>> import torch
     >>> from weight_constraints import MaxNorm
-    >>> from weight_constraints.adapters._torch_plan import Plan
     >>> weights = [torch.nn.Parameter(torch.full((3, 4), 1.0)) for _ in range(5)]
     >>> plan = Plan([(w, None, MaxNorm(1.0, axis=1), (1,)) for w in weights])
-    >>> plan()  # in place, under no_grad
+    >>> plan.run()  # in place, under no_grad
     >>> [round(float(w.detach()[0].norm()), 6) for w in weights]
     [1.0, 1.0, 1.0, 1.0, 1.0]
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 import weight_constraints as wc
 from weight_constraints._backends import for_namespace
+from weight_constraints._backends.torch import TorchBackend
 from weight_constraints._checks import normalize_axes
 from weight_constraints._dtypes import accumulation_dtype
 
@@ -80,7 +80,7 @@ _HALF = (torch.float16, torch.bfloat16)
 # The math is the core's: each norm constraint gives its per-node factor through its
 # ``factor(n, acc, xp)`` method, and the torch backend says in which dtype the product is formed.
 
-_BACKEND = for_namespace(torch)
+_BACKEND = cast(TorchBackend, for_namespace(torch))
 
 _FACTOR_TYPES = (wc.MaxNorm, wc.UnitNorm, wc.MinMaxNorm)
 """The constraints whose projection is ``w * constraint.factor(norms)``. Exact types only: a
@@ -91,7 +91,7 @@ def _factor_key(constraint: wc.Constraint) -> Any:
     """What the factor depends on: the constraint without its axis (None if it has no factor)."""
     if type(constraint) not in _FACTOR_TYPES:
         return None
-    return dataclasses.replace(constraint, axis=0)
+    return constraint.with_axis(0)
 
 
 def _factor_function(key: Any, dtype: torch.dtype) -> Factor:
@@ -193,7 +193,8 @@ class _Stack:
         self, tensors: list[torch.Tensor], targets: list[torch.Tensor], dims: tuple, factor: Factor
     ) -> None:
         first = targets[0]
-        self.buffer = self.slices = None
+        self.buffer: torch.Tensor | None = None
+        self.slices: list[torch.Tensor] = []
         if _keeps_buffer(first.device):  # no allocation and no slicing per call
             shape = (len(targets), *first.shape)
             self.buffer = torch.empty(shape, dtype=first.dtype, device=first.device)
@@ -208,6 +209,7 @@ class _Stack:
         if with_grad_only and any(p.grad is None for p in self.tensors):
             self.partial(True)  # only some were updated: project those one norm at a time
             return
+        slices: Sequence[torch.Tensor]
         if self.buffer is None:
             buffer = torch.stack(self.targets)
             slices = buffer.unbind(0)
@@ -219,15 +221,6 @@ class _Stack:
 
 
 # -- the plan -------------------------------------------------------------------------------------
-
-
-_data_ptr = torch.Tensor.data_ptr
-
-
-def _signature(tensors: Sequence[torch.Tensor]) -> tuple[list, list]:
-    """What the steps were built for: each tensor's memory, shape and strides. (A new dtype or
-    device comes with new memory.)"""
-    return list(map(_data_ptr, tensors)), [(t.shape, t.stride()) for t in tensors]
 
 
 def _core_reduces_in_blocks(target: torch.Tensor, dims: tuple[int, ...]) -> bool:
@@ -299,8 +292,8 @@ def _steps(items: Sequence[Item]) -> list[Callable[[bool], None]]:
     for (dtype, _, key, *_), rows in stacks.items():
         factor = _factor_function(key, dtype)
         for run in _chunks(rows, _by_device(STACK_CHUNK_BYTES, rows[0][1])):
-            tensors, targets, dims = zip(*run, strict=True)
-            steps.append(_Stack(list(tensors), list(targets), dims[0], factor))
+            tensors, targets, _ = zip(*run, strict=True)
+            steps.append(_Stack(list(tensors), list(targets), run[0][2], factor))
     for (dtype, _, key), rows in norms.items():
         factor = _factor_function(key, dtype)
         for run in _chunks(rows, NORMS_CHUNK_BYTES):
@@ -315,7 +308,7 @@ def _steps(items: Sequence[Item]) -> list[Callable[[bool], None]]:
 
 
 class Plan:
-    """The projection of a list of tensors, bound once, run in place on every call.
+    """The projection of a list of tensors, bound once, run in place by :meth:`run`.
 
     Args:
         items: ``(tensor, view, constraint, dims)`` for each tensor: the tensor (a parameter),
@@ -327,39 +320,20 @@ class Plan:
         TypeError: A tensor is not floating-point.
         ValueError: ``dims`` do not fit a tensor. Nothing is built or modified then.
 
-    Calling the plan projects every tensor in place under ``torch.no_grad()``; with
-    ``with_grad_only=True`` only the tensors whose ``.grad`` is not None. When a tensor's
-    memory, shape, strides or dtype changed since the plan was built (``param.data = ...``,
-    ``module.to(...)``), the plan is rebuilt first (:meth:`is_current` tells); an error then
-    leaves every tensor as it was.
+    A plan is bound to the tensors as they are when it is built (their memory, shape, strides,
+    dtype and device): its caller makes a new one when they change (the registry's guard tells).
     """
 
     def __init__(self, items: Iterable[Item]) -> None:
         self._items = list(items)
-        self._tensors = [item[0] for item in self._items]
-        self._build()
-
-    def _build(self) -> None:
         self._steps = _steps(self._items)
-        self._signature = _signature(self._tensors)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def is_current(self) -> bool:
-        """Whether every tensor still has the memory, shape, strides and dtype the plan was built
-        for."""
-        return _signature(self._tensors) == self._signature
-
-    def __call__(self, *, with_grad_only: bool = False) -> None:
-        """Project the tensors in place (those with a gradient only, with ``with_grad_only``)."""
-        if not self.is_current():
-            self._build()
-        self.run(with_grad_only=with_grad_only)
-
     def run(self, *, with_grad_only: bool = False) -> None:
-        """Project as :meth:`__call__` does, without checking that the plan is current: for a
-        caller that checked the tensors itself (the registry's guard)."""
+        """Project the tensors in place under ``torch.no_grad()`` (with ``with_grad_only``,
+        those whose ``.grad`` is not None), without checking them again."""
         with torch.no_grad():
             for step in self._steps:
                 step(with_grad_only)

@@ -1,16 +1,16 @@
-"""The batched projection plans of the PyTorch adapter: the core's results, bit for bit."""
+"""The batched projection plans of the PyTorch adapter: the core's results, bit for bit; a
+registry binds a new plan when its tensors change."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
 
 import weight_constraints as wc
-import weight_constraints.adapters._torch_plan as tp
+import weight_constraints.adapters.torch._plan as tp
 from tests.doctests import run_doctests
-from weight_constraints.adapters._torch_plan import Plan
+from weight_constraints.adapters.torch import Constraints
+from weight_constraints.adapters.torch._plan import Plan
 
 NORM_CONSTRAINTS = [
     wc.MaxNorm(1.0),
@@ -35,7 +35,7 @@ LAYOUTS = [
 
 
 def bound(constraint, dims):
-    return dataclasses.replace(constraint, axis=dims)
+    return constraint.with_axis(dims)
 
 
 def weights(shape, dtype, count=4, seed=0):
@@ -71,7 +71,7 @@ def step_names(plan):
 
 
 def test_docstring_examples():
-    run_doctests("weight_constraints.adapters._torch_plan")
+    run_doctests("weight_constraints.adapters.torch._plan")
 
 
 @pytest.mark.parametrize("keeps_buffer", [True, False])  # False: as on a GPU
@@ -88,7 +88,7 @@ def test_equals_the_core_bit_for_bit(
     expected = core(tensors, views, c, dims)
     plan = Plan([(t, view, c, dims) for t in tensors])
     assert step_names(plan) == [step]
-    plan()
+    plan.run()
     assert_same_bits(tensors, expected)
 
 
@@ -103,7 +103,7 @@ def test_a_nan_stays_in_its_node_and_its_tensor(constraint, dtype):
         clean = core(
             [t.nan_to_num(0.0) if i == 2 else t for i, t in enumerate(tensors)], [view] * 4, c, dims
         )
-        Plan([(t, view, c, dims) for t in tensors])()
+        Plan([(t, view, c, dims) for t in tensors]).run()
         assert_same_bits(tensors, expected)
         assert_same_bits([tensors[i] for i in (0, 1, 3)], [clean[i] for i in (0, 1, 3)])
         assert tensors[2].isnan().sum() == 1
@@ -115,11 +115,11 @@ def test_a_nan_stays_in_its_node_and_its_tensor(constraint, dtype):
 def test_nodes_inside_the_set_come_back_bit_for_bit(shape, dims, view, step, dtype, constraint):
     tensors = weights(shape, dtype)
     c = bound(constraint, dims)
-    Plan([(t, view, c, dims) for t in tensors])()
+    Plan([(t, view, c, dims) for t in tensors]).run()
     for t in tensors:
         t.mul_(0.5)  # now every node is well inside the ball
     before = [t.clone() for t in tensors]
-    Plan([(t, view, c, dims) for t in tensors])()
+    Plan([(t, view, c, dims) for t in tensors]).run()
     for t, b in zip(tensors, before, strict=True):
         assert torch.equal(t.view(torch.uint8), b.view(torch.uint8))
 
@@ -136,7 +136,7 @@ def test_mixed_registry_one_step_per_group():
     # factor) in one group by norms; the three biases clamped at once
     assert step_names(plan) == ["_EntryWise", "_Norms", "_Stack"]
     assert len(plan) == len(items)
-    plan()
+    plan.run()
     assert_same_bits([item[0] for item in items], expected)
 
 
@@ -145,7 +145,7 @@ def test_non_contiguous_tensors():
     tensors = [b.t() for b in base]  # (8, 6), not contiguous
     c = bound(wc.MaxNorm(1.0), (0,))
     expected = core(tensors, [None] * 3, c, (0,))
-    Plan([(t, None, c, (0,)) for t in tensors])()
+    Plan([(t, None, c, (0,)) for t in tensors]).run()
     assert_same_bits(tensors, expected)
 
 
@@ -174,32 +174,44 @@ def test_other_layouts_are_not_stacked_and_equal_the_core(
     expected = core(tensors, [None] * len(tensors), c, dims)
     plan = Plan([(t, None, c, dims) for t in tensors])
     assert step_names(plan) == ["_Norms"]
-    plan()
+    plan.run()
     assert_same_bits(tensors, expected)
 
 
-def test_a_new_layout_in_the_same_memory_rebuilds_the_plan():
+def registered(tensors, constraint, dims):
+    """A registry of ``tensors`` whose fast path has run: its plan is bound."""
+    registry = Constraints()
+    for t in tensors:
+        registry.add(t, constraint, dims=dims)
+    registry.apply()  # the full check
+    registry.apply()  # the fast path: the plan is built
+    return registry
+
+
+def test_a_new_layout_in_the_same_memory_gets_a_new_plan():
+    """A plan is bound to its tensors' layout: the registry's guard sees the change and the
+    next fast-path call binds a new one."""
     tensors = [torch.nn.Parameter(torch.randn(4, 3, 3, 3) * 3) for _ in range(3)]
     c = bound(wc.MaxNorm(1.0), (1, 2, 3))
-    plan = Plan([(t, None, c, (1, 2, 3)) for t in tensors])
-    assert step_names(plan) == ["_Stack"]
+    registry = registered(tensors, wc.MaxNorm(1.0), (1, 2, 3))
+    assert step_names(registry._selection._plan) == ["_Stack"]
     for t in tensors:  # the same memory, transposed strides
         t.data = t.data.transpose(2, 3)
-    assert not plan.is_current()
-    with torch.no_grad():
-        for t in tensors:
-            t.mul_(4)
-    expected = core(tensors, [None] * 3, c, (1, 2, 3))
-    plan()
-    assert step_names(plan) == ["_Norms"]
-    assert_same_bits([t.detach() for t in tensors], expected)
+    for _ in range(2):  # the full check, then a new plan
+        with torch.no_grad():
+            for t in tensors:
+                t.mul_(4)
+        expected = core(tensors, [None] * 3, c, (1, 2, 3))
+        registry.apply()
+        assert_same_bits([t.detach() for t in tensors], expected)
+    assert step_names(registry._selection._plan) == ["_Norms"]
 
 
 def test_empty_tensors():
     tensors = [torch.empty(0, 4), torch.empty(0, 4), torch.empty(3, 0)]
     c = bound(wc.UnitNorm(), (1,))
     expected = core(tensors, [None] * 3, c, (1,))
-    Plan([(t, None, c, (1,)) for t in tensors])()
+    Plan([(t, None, c, (1,)) for t in tensors]).run()
     assert_same_bits(tensors, expected)
 
 
@@ -209,7 +221,7 @@ def test_non_neg_equals_the_core():
     expected = [wc.non_neg(t.clone()) for t in tensors]
     plan = Plan([(t, None, wc.NonNeg(), ()) for t in tensors])
     assert step_names(plan) == ["_EntryWise"] * 4
-    plan()
+    plan.run()
     assert_same_bits(tensors, expected)
     assert torch.equal(tensors[0].signbit(), expected[0].signbit())
 
@@ -225,7 +237,7 @@ def test_chunks(count, monkeypatch):
     plan = Plan([(t, None, c, (1,)) for t in small + large])
     assert step_names(plan).count("_Stack") == -(-count // 3)
     assert step_names(plan).count("_Norms") == 3
-    plan()
+    plan.run()
     assert_same_bits(small + large, expected)
 
 
@@ -237,7 +249,7 @@ def test_parameters_under_autograd():
     items = [(m.weight, None, bound(wc.MaxNorm(0.1), (1,)), (1,)) for m in model]
     expected = core([m.weight.detach() for m in model], [None] * 3, items[0][2], (1,))
     plan = Plan(items)
-    plan()  # no torch.no_grad() needed around it
+    plan.run()  # no torch.no_grad() needed around it
     assert_same_bits([m.weight.detach() for m in model], expected)
     assert all(m.weight.grad_fn is None and m.weight.requires_grad for m in model)
     model(torch.randn(2, 6)).sum().backward()  # the graph still works
@@ -252,11 +264,11 @@ def test_with_grad_only(shape, dims):
     expected = [core([t.detach()], [None], c, d)[0] for t, _, c, d in items]
     before = [t.detach().clone() for t in tensors]
     plan = Plan(items)
-    plan(with_grad_only=True)  # no gradients yet: nothing is projected
+    plan.run(with_grad_only=True)  # no gradients yet: nothing is projected
     assert_same_bits([t.detach() for t in tensors], before)
     for i in (1, 3, 4):
         tensors[i].grad = torch.zeros_like(tensors[i])
-    plan(with_grad_only=True)  # a partial group
+    plan.run(with_grad_only=True)  # a partial group
     assert_same_bits(
         [t.detach() for t in tensors],
         [expected[i] if i in (1, 3, 4) else before[i] for i in range(5)],
@@ -264,7 +276,7 @@ def test_with_grad_only(shape, dims):
     for t in tensors:
         t.grad = torch.zeros_like(t)
     expected = [core([t.detach()], [None], c, d)[0] for t, _, c, d in items]
-    plan(with_grad_only=True)  # the whole group
+    plan.run(with_grad_only=True)  # the whole group
     assert_same_bits([t.detach() for t in tensors], expected)
 
 
@@ -283,27 +295,28 @@ def test_no_host_synchronisation(monkeypatch):
 
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    plan()
-    plan(with_grad_only=True)
+    plan.run()
+    plan.run(with_grad_only=True)
 
 
 # -- rebuilding -----------------------------------------------------------------------------------
 
 
-def test_rebuilt_when_a_tensor_is_replaced_or_converted():
+def test_a_replaced_or_converted_tensor_gets_a_new_plan():
     model = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(3)))
-    plan = Plan([(m.weight, None, bound(wc.UnitNorm(), (1,)), (1,)) for m in model])
+    registry = registered([m.weight for m in model], wc.UnitNorm(), 1)
+    plan = registry._selection._plan
     new = torch.randn(6, 6) * 4
     model[1].weight.data = new.clone()
-    assert not plan.is_current()
-    plan()
-    assert plan.is_current()
+    registry.apply()
     assert_same_bits(
         [model[1].weight.detach()], core([new], [None], bound(wc.UnitNorm(), (1,)), (1,))
     )
+    registry.apply()
+    assert registry._selection._plan is not plan
     model.to(torch.float64)
-    assert not plan.is_current()
-    plan()
+    registry.apply()
+    registry.apply()
     norms = torch.linalg.vector_norm(model[0].weight.detach(), dim=1)
     assert model[0].weight.dtype == torch.float64 and torch.allclose(
         norms, torch.ones(6, dtype=torch.float64)
@@ -312,11 +325,13 @@ def test_rebuilt_when_a_tensor_is_replaced_or_converted():
 
 def test_a_shape_the_dims_no_longer_fit_raises_and_modifies_nothing():
     params = [torch.nn.Parameter(torch.randn(6, 6) * 4) for _ in range(3)]
-    plan = Plan([(p, None, bound(wc.MaxNorm(1.0), (1,)), (1,)) for p in params])
+    registry = registered(params, wc.MaxNorm(1.0), 1)
     params[2].data = torch.randn(6) * 4
+    with torch.no_grad():
+        params[0].mul_(4)
     before = [p.detach().clone() for p in params]
     with pytest.raises(ValueError, match="axis"):
-        plan()
+        registry.apply()
     assert_same_bits([p.detach() for p in params], before)
 
 
@@ -343,7 +358,7 @@ def test_the_factor_is_the_core_constraints_own(kind, monkeypatch):
     monkeypatch.setattr(kind, "factor", factor)
     tensors = weights((8, 6), torch.bfloat16) + weights((200, 100), torch.float64)
     before = [t.clone() for t in tensors]
-    Plan([(t, None, bound(kind(), (1,)), (1,)) for t in tensors])()
+    Plan([(t, None, bound(kind(), (1,)), (1,)) for t in tensors]).run()
     assert_same_bits(tensors, before)
     assert sorted(calls, key=str) == [(kind, "float32", torch), (kind, "float64", torch)]
 
@@ -373,5 +388,5 @@ def test_constraints_without_a_factor_go_through_their_own_call(constraint, dtyp
     expected = core(tensors, [None] * len(tensors), c, (1,))
     plan = Plan([(t, None, c, (1,)) for t in tensors])
     assert step_names(plan) == ["_Core"]
-    plan()
+    plan.run()
     assert_same_bits(tensors, expected)
