@@ -48,7 +48,12 @@ __all__ = ["PerInput", "bind", "bind_axes", "is_per_node", "per_input_axes", "wi
 
 
 def bind_axes(
-    constraint: Any, per_node: Iterable[int], shape: tuple[int, ...], where: str
+    constraint: Any,
+    per_node: Iterable[int],
+    shape: tuple[int, ...],
+    where: str,
+    *,
+    unit: str = "output",
 ) -> tuple[int, ...] | None:
     """The axes ``constraint`` is applied over on the weight ``where`` of ``shape``.
 
@@ -57,6 +62,8 @@ def bind_axes(
         per_node: The weight's per-node axes (one norm per output unit).
         shape: The weight's shape, to normalise negative and sequence axes.
         where: The weight's name, for the error message.
+        unit: What one norm is taken per, for the error message (``"input"`` for the axes of
+            ``per_input``).
 
     Returns:
         The sorted, non-negative axes, or ``None`` for a constraint without an axis (entry-wise).
@@ -73,7 +80,7 @@ def bind_axes(
     if normalize_axes(axis, tuple(shape)) == per_node:
         return per_node
     raise ValueError(
-        f"{constraint!r} has the explicit axis={axis!r}, but one norm per output unit of "
+        f"{constraint!r} has the explicit axis={axis!r}, but one norm per {unit} unit of "
         f"{where} (shape {tuple(shape)}) is taken over axes {per_node}. Leave the axis at its "
         "default to use the per-node axes, or constrain this weight with the axes you want "
         "directly."
@@ -144,9 +151,10 @@ def bind(
         TypeError: A per-node constraint that cannot be given other axes (see
             :func:`with_axes`).
     """
-    if per_input and is_per_node(constraint):
+    by_input = per_input and is_per_node(constraint)
+    if by_input:
         per_node = per_input_axes(per_node, shape, where)
-    axes = bind_axes(constraint, per_node, shape, where)
+    axes = bind_axes(constraint, per_node, shape, where, unit="input" if by_input else "output")
     bound = with_axes(constraint, axes)
     concrete = bound.resolved(shape) if hasattr(bound, "resolved") else bound
     if dtype is not None and hasattr(concrete, "check_dtype"):

@@ -27,6 +27,10 @@ ROLES = ("kernel", "recurrent", "bias", "embedding")
 (``recurrent``), bias vectors (``bias``, one norm over each whole vector) and embedding tables
 (``embedding``, one norm per embedding vector)."""
 
+PER_INPUT_ROLES = ("kernel", "recurrent")
+"""The roles whose 2-D weights take one norm per *input* unit in the layers an adapter's
+``per_input=`` chooses (embedding tables and biases keep their per-node axes)."""
+
 
 @dataclass(frozen=True)
 class Request:

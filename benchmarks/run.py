@@ -11,8 +11,12 @@ hand-written loop, and the hook on a 20-layer MLP against the optimizer step; (3
 many tensors against the hand-written loops it replaces and (4) the hook inside an AdamW step,
 both on one thread (torch_bench.py); (5) the Keras adapter against ``keras.constraints`` inside
 ``model.fit`` (keras_bench.py); (6) the training overhead on the moons MLP (moons_bench.py);
-(7) the cost against the number of weights (scaling_bench.py). The report is report.py; the GPU
-counterpart of sections 3–4, with checks of the CUDA paths, is gpu.py.
+(7) the cost against the number of weights (scaling_bench.py); (8) the nGPT and EDM2
+normalisations of every matrix of a GPT-2-small-sized model against the hand-written loops, on
+one thread (normalized_bench.py); (9) the constrained optimizer step, the hook against
+``fuse=True``, in the foreach, ``fused=True`` and compiled modes, on one thread
+(torch_bench.py). The report is report.py; the GPU counterpart of sections 3–4,
+with checks of the CUDA paths, is gpu.py.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ensure_importable()
 
 import keras_bench  # noqa: E402
 import moons_bench  # noqa: E402
+import normalized_bench  # noqa: E402
 import numpy_bench  # noqa: E402
 import report  # noqa: E402
 import scaling_bench  # noqa: E402
@@ -59,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     target_s = 1e-3 if args.quick else 0.02  # seconds per timed loop of calls
     hook_target_s = 1e-3 if args.quick else 0.05
     hook_layers = (4, 16) if args.quick else (100, 256)
+    step_layouts = torch_bench.QUICK_STEP_LAYOUTS if args.quick else torch_bench.STEP_LAYOUTS
     keras_width = 64 if args.quick else 512
+    normalized_size = normalized_bench.QUICK_SIZE if args.quick else normalized_bench.SIZE
     docs = args.out or ROOT / "docs"
     results = args.out or ROOT / "benchmarks" / "results"  # results apart from the scripts
     docs.mkdir(parents=True, exist_ok=True)
@@ -92,9 +99,25 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             ),
         ),
+        (
+            "step",
+            one_thread(
+                lambda: torch_bench.step_rows(
+                    step_layouts, repeats=median_of, target_s=hook_target_s, compile=not args.quick
+                )
+            ),
+        ),
         ("keras", lambda: keras_bench.keras_section(keras_width, max(3, repeats // 2))),
         ("moons", lambda: moons_bench.moons_section(repeats)),
         ("scaling", lambda: scaling_bench.scaling_section(sizes, max(3, repeats // 3))),
+        (
+            "normalized",
+            one_thread(
+                lambda: normalized_bench.normalized_rows(
+                    *normalized_size, repeats=median_of, target_s=target_s, compile=not args.quick
+                )
+            ),
+        ),
     ):
         section_start = time.perf_counter()
         rows += run()

@@ -19,9 +19,14 @@ layer the axes that give one norm per output unit (:func:`per_node_axes`) by the
 share: a constraint with its axis left at the default is applied over the per-node axes; an
 explicit axis is honoured only where it *is* the per-node axes, and any other axis raises a
 ValueError saying what to do. An axis is never silently replaced, and neither is a constraint a
-weight already has (``replace=True`` replaces it). :func:`audit` lists every weight with its
-constraint, whether the next step projects it and how far it is from its set;
-:func:`norm_stats` and :class:`ConstraintStats` give node-norm statistics for logging.
+weight already has (``replace=True`` replaces it). One norm per *input* unit is a separate,
+named choice (``per_input=`` the layers, by path), and a bound may be a rule of each weight's
+shape: ``constrain(model, kernel=MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)"))`` is EDM2's forced
+weight normalization, ``constrain(block, kernel=UnitNorm(), per_input=r".*/down")`` nGPT's.
+Rules and per-input axes are in the constraints' configs, so saved models keep them.
+:func:`audit` lists every weight with its constraint, whether the next step projects it and how
+far it is from its set; :func:`norm_stats` and :class:`ConstraintStats` give node-norm
+statistics for logging.
 
 ``get``, ``serialize``, ``deserialize`` and ``Constraint`` complete the ``keras.constraints``
 interface, so the module can replace it wholesale.

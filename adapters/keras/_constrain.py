@@ -18,15 +18,16 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import keras
 
 from weight_constraints._checks import normalize_axes
 
-from .._binding import bind, is_per_node
+from .._binding import PerInput, bind, is_per_node
 from .._errors import WeightValueError
-from .._roles import Request
+from .._roles import PER_INPUT_ROLES, Request
 from .._walk import walk
 from ._layers import (
     CATALOGUE,
@@ -116,10 +117,13 @@ def _check_layer(path: str, layer: Any, skip_unknown: bool, skipped: list[Any]) 
     return True
 
 
-def _entry(request: Request, path: str, layer: Any, weight: Weight, replace: bool) -> _Entry:
-    """The constraint ``weight`` gets, bound to its per-node axes and checked against its dtype;
-    raise where it cannot hold or would replace another one."""
-    where = f"{path or layer.name}.{weight.attribute}"
+def _entry(
+    request: Request, label: str, layer: Any, weight: Weight, replace: bool, per_input: bool
+) -> _Entry:
+    """The constraint ``weight`` gets, bound to its per-node axes (one norm per input unit with
+    ``per_input``, for a kernel or recurrent kernel) and checked against its dtype; raise where
+    it cannot hold or would replace another one."""
+    where = f"{label}.{weight.attribute}"
     refused = refusal(layer, weight)
     if refused is not None:
         raise WeightValueError(
@@ -129,7 +133,9 @@ def _entry(request: Request, path: str, layer: Any, weight: Weight, replace: boo
     shape = tuple(held.shape)
     dtype = keras.backend.standardize_dtype(held.dtype)
     twin = request.constraint_for(weight.role)
-    core, _ = bind(twin.core, node_axes(layer, weight), shape, where, dtype=dtype)
+    by_input = per_input and weight.role in PER_INPUT_ROLES
+    axes = node_axes(layer, weight)
+    core, _ = bind(twin.core, axes, shape, where, dtype=dtype, per_input=by_input)
     bound = twin_of(core)
     existing = _existing(layer, weight)
     if existing is not None and not replace and not _same(existing, bound, shape):
@@ -164,17 +170,25 @@ def _existing(layer: Any, weight: Weight) -> Any:
     return getattr(layer, weight.constraint_attribute, None)
 
 
-def _entries(model: Any, request: Request, skip_unknown: bool, replace: bool) -> list[_Entry]:
-    """Every weight to constrain, checked; nothing is attached yet."""
+def _entries(
+    model: Any, request: Request, skip_unknown: bool, replace: bool, per_input: PerInput
+) -> list[_Entry]:
+    """Every weight to constrain, checked; nothing is attached yet. The kernels of the layers
+    ``per_input`` chooses take one norm per input unit; a pattern that chose none raises."""
     wanted = request.wanted()
     entries: list[_Entry] = []
     skipped: list[Any] = []
+    labels = []
     for path, layer in walk(model, CATALOGUE, sep="/"):
         if not _check_layer(path, layer, skip_unknown, skipped):
             continue
+        label = path or layer.name
+        labels.append(label)
+        by_input = per_input(label)
         for weight in layout(layer) or []:
             if wanted[weight.role] is not None:
-                entries.append(_entry(request, path, layer, weight, replace))
+                entries.append(_entry(request, label, layer, weight, replace, by_input))
+    per_input.check(labels, "layer")
     missing = request.missing(entry.weight.role for entry in entries)
     if missing:
         raise ValueError(f"no layer of {model.name} has {' or '.join(missing)} weights")
@@ -218,8 +232,9 @@ def constrain(
     embedding: Any = None,
     skip_unknown: bool = False,
     replace: bool = False,
+    per_input: str | Iterable[str] | None = None,
 ) -> list[Attached]:
-    """Attach constraints to an already built (or loaded) model, with per-node axes per layer.
+    r"""Attach constraints to an already built (or loaded) model, with per-node axes per layer.
 
     Every Dense, EinsumDense, Conv, ConvTranspose, DepthwiseConv, SeparableConv and Embedding
     layer and every SimpleRNN/LSTM/GRU cell gets its constraints on the variables and in its
@@ -242,6 +257,21 @@ def constrain(
     axis of a ``keras.constraints`` object counts as given. A bound the weight's dtype cannot
     represent (``Simplex(1e5)`` on float16 weights) raises, naming weight, parameter and dtype.
 
+    Bounds may be rules of each weight's shape: ``MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)")``
+    (EDM2's forced weight normalization) keeps every node of every kernel at the norm
+    ``sqrt(fan_in)`` of its own layer, ``fan_in`` being the entries of a node (``in`` for a
+    ``Dense`` kernel, ``rows * cols * in`` for a ``Conv2D`` one). The attached constraint keeps
+    the rule (its config says ``"sqrt(fan_in)"``, so ``model.save()`` keeps it) and resolves it
+    from the variable's static shape when it projects.
+
+    One norm per *input* unit instead of one per output unit (nGPT's attention-output and MLP
+    down-projections, which map into the embedding space) is a separate, named choice:
+    ``per_input`` names the layers, by regular expressions fullmatched against the paths
+    :class:`Attached` reports (``"block/down"``; an RNN's cell is ``"lstm/lstm_cell"``). Their
+    2-D kernels and recurrent kernels take the axis that is not the per-node one (axis 1 of a
+    ``Dense`` kernel ``(in, out)``); the attached constraint has that axis explicitly, so
+    ``model.save()`` keeps it. Embedding tables and biases keep their per-node axes.
+
     A frozen weight (``trainable=False``) gets its constraint like any other, but no optimizer
     step projects it while it is frozen: its :class:`Attached` entry has ``frozen=True`` and a
     ``UserWarning`` names it (the constraint takes effect when the weight is made trainable
@@ -263,6 +293,10 @@ def constrain(
             adds to a known layer, instead of raising (a ``UserWarning`` lists the skipped
             weights of two or more dimensions, and every skipped weight a subclass adds).
         replace: Replace a different constraint a weight already has (otherwise an error).
+        per_input: The layers whose kernels (and recurrent kernels) take one norm per *input*
+            unit: a regular expression or several, each matched against whole layer paths
+            (``r"block_\d+/(attn_out|down)"``). 2-D kernels only; a pattern that matches no
+            layer raises.
 
     Returns:
         What was attached, one entry per variable (``frozen=True`` for frozen weights).
@@ -275,8 +309,36 @@ def constrain(
             adapter can attach (a core constraint of your own: the message says what to do),
             has an explicit axis that is not the per-node one or a bound the weight's dtype
             cannot represent, a weight already has a different constraint (without
-            ``replace=True``), a weight is the base of a LoRA layer or quantized, or no layer
-            has a requested role. Nothing is attached when it raises.
+            ``replace=True``), a weight is the base of a LoRA layer or quantized, no layer
+            has a requested role, a ``per_input`` pattern matches no layer or a layer it
+            matches has a kernel that is not 2-D (a convolution). Nothing is attached when it
+            raises.
+
+    Example:
+        EDM2's forced weight normalization (every node at the norm ``sqrt(fan_in)`` of its
+        layer) and nGPT's unit norms with one norm per input unit for ``down``:
+
+        >>> import keras
+        >>> from weight_constraints.adapters.keras import MinMaxNorm, UnitNorm, constrain
+        >>> net = keras.Sequential([
+        ...     keras.Input((8, 8, 3)),
+        ...     keras.layers.Conv2D(4, 3, name="conv"),
+        ...     keras.layers.Flatten(),
+        ...     keras.layers.Dense(2, name="fc"),
+        ... ])
+        >>> for attached in constrain(net, kernel=MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)")):
+        ...     print(attached.layer, attached.constraint.axis)  # norms sqrt(27), sqrt(144)
+        conv (0, 1, 2)
+        fc 0
+        >>> block = keras.Sequential([
+        ...     keras.Input((6,)),
+        ...     keras.layers.Dense(12, use_bias=False, name="up"),
+        ...     keras.layers.Dense(6, use_bias=False, name="down"),
+        ... ])
+        >>> for attached in constrain(block, kernel=UnitNorm(), per_input="down"):
+        ...     print(attached)
+        up.kernel: UnitNorm(axis=0)
+        down.kernel: UnitNorm(axis=1)
     """
     _refuse_positional(positional)
     request = Request.of(
@@ -284,7 +346,7 @@ def constrain(
     )
     if not model.built:
         raise ValueError(f"{model.name} is not built yet: build or call the model first")
-    entries = _entries(model, request, skip_unknown, replace)
+    entries = _entries(model, request, skip_unknown, replace, PerInput(per_input))
     trainable = {id(v) for v in model.trainable_variables}
     attached, unsaved = [], []
     for entry in entries:

@@ -6,11 +6,24 @@ backend). The classes are registered for saving as ``weight_constraints>Name`` u
 name ``weight_constraints.Name``; the core classes used directly as layer constraints are
 registered too. Importing ``weight_constraints.adapters.keras`` runs this registration.
 
+A bound given as a rule of the weight's shape (``MaxNorm("2 * sqrt(fan_in)")``) stays a rule in
+the object and its config (saved models keep it) and is resolved from the static shape of the
+weight it projects, so one object gives each layer its own bound.
+
 Example:
     >>> import weight_constraints as wc
     >>> from weight_constraints.adapters.keras import MaxNorm
     >>> MaxNorm(3).core == wc.MaxNorm(3), TWINS[wc.MaxNorm] is MaxNorm
     (True, True)
+    >>> import keras
+    >>> edm2 = MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)")
+    >>> edm2.get_config()["max_value"]
+    'sqrt(fan_in)'
+    >>> keras.ops.convert_to_numpy(edm2(keras.ops.ones((4, 2))))  # fan_in 4: norm 2
+    array([[1., 1.],
+           [1., 1.],
+           [1., 1.],
+           [1., 1.]], dtype=float32)
 """
 
 from __future__ import annotations
@@ -40,12 +53,15 @@ class _CoreBacked(keras.constraints.Constraint):
     _core: wc.Constraint
 
     def __call__(self, w: Any) -> Any:
+        core = self._core
+        if core.rules():  # "sqrt(fan_in)": resolved from the weight's static shape
+            core = core.resolved(_static_shape(w, core))
         if keras.backend.backend() == "torch":
             # keras.ops on torch computes some 64-bit results in 32 bits (cumsum, maximum...,
             # Keras 3.15): the core's own torch backend is exact in float64, and the same
             # projection in every other dtype.
-            return self._core(ops.convert_to_tensor(w))
-        return self._core(w, xp=ops)
+            return core(ops.convert_to_tensor(w))
+        return core(w, xp=ops)
 
     def get_config(self) -> dict[str, Any]:
         return self._core.get_config()
@@ -99,6 +115,22 @@ class _CoreBacked(keras.constraints.Constraint):
         super().__setattr__(name, value)
 
 
+def _static_shape(w: Any, core: wc.Constraint) -> tuple[int, ...]:
+    """The static shape of ``w`` (a variable, or a tensor inside a compiled train step), which
+    a rule of the weight's shape (``"sqrt(fan_in)"``) is resolved from.
+
+    Raises:
+        ValueError: A size is not known before the step runs (a rule needs it).
+    """
+    shape = tuple(w.shape)
+    if any(size is None for size in shape):
+        raise ValueError(
+            f"{core!r} resolves {core.rules()} from the weight's shape, and this tensor's shape "
+            f"{shape} is not fully known; call it on the variable (or a tensor of static shape)"
+        )
+    return tuple(int(size) for size in shape)
+
+
 def _register(cls: type[_CoreBacked]) -> type[_CoreBacked]:
     """Register ``cls`` for saving as ``weight_constraints>Name`` and give it a class name that
     does not collide with Keras's own.
@@ -123,7 +155,10 @@ class MaxNorm(_CoreBacked):
     :func:`weight_constraints.max_norm`).
 
     Args:
-        max_value (float): The largest norm of the incoming weights of a unit.
+        max_value (float | str): The largest norm of the incoming weights of a unit, or a rule
+            of the weight's shape, resolved for each weight it projects: ``"fan_in"`` or
+            ``"sqrt(fan_in)"``, optionally times a number (``"2 * sqrt(fan_in)"``), ``fan_in``
+            being the entries of a node. The config keeps the rule, so saved models do.
         axis (int | tuple[int, ...] | None): The axis or axes each norm is taken over: 0 for
             a ``Dense`` kernel ``(in, out)``; for a ``Conv2D`` kernel ``(rows, cols, in, out)``
             use ``[0, 1, 2]``, for a ``Conv2DTranspose`` kernel ``(rows, cols, out, in)`` use
@@ -155,8 +190,11 @@ class MinMaxNorm(_CoreBacked):
     (see :func:`weight_constraints.min_max_norm`).
 
     Args:
-        min_value (float): The smallest norm of the incoming weights of a unit.
-        max_value (float): The largest norm of the incoming weights of a unit.
+        min_value (float | str): The smallest norm of the incoming weights of a unit, or a
+            rule of the weight's shape (``"sqrt(fan_in)"``, see :class:`MaxNorm`).
+        max_value (float | str): The largest norm of the incoming weights of a unit, or a
+            rule: ``MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)")`` keeps every node at the norm
+            ``sqrt(fan_in)`` (EDM2's forced weight normalization).
         rate (float): The fraction of the way to the interval moved at each step, in ``[0, 1]``.
         axis (int | tuple[int, ...] | None): The axis or axes each norm is taken over (see
             :class:`MaxNorm`).
@@ -202,7 +240,8 @@ class BoxMaxNorm(_CoreBacked):
     Args:
         lower (float): The smallest value an entry may have, ``<= 0``; may be ``-inf``.
         upper (float): The largest value an entry may have, ``>= 0``; may be ``inf``.
-        max_value (float): The largest norm of the incoming weights of a unit.
+        max_value (float | str): The largest norm of the incoming weights of a unit, or a
+            rule of the weight's shape (``"sqrt(fan_in)"``, see :class:`MaxNorm`).
         axis (int | tuple[int, ...] | None): The axis or axes each node spans (see
             :class:`MaxNorm`).
 
@@ -226,7 +265,8 @@ class Simplex(_CoreBacked):
     :func:`weight_constraints.simplex`). No Keras namesake.
 
     Args:
-        radius (float): The sum of the incoming weights of a unit.
+        radius (float | str): The sum of the incoming weights of a unit, or a rule of the
+            weight's shape (``"fan_in"``, see :class:`MaxNorm`).
         axis (int | tuple[int, ...] | None): The axis or axes each node spans (see
             :class:`MaxNorm`).
 
@@ -249,7 +289,8 @@ class MaxL1Norm(_CoreBacked):
     :func:`weight_constraints.max_l1_norm`). No Keras namesake.
 
     Args:
-        max_value (float): The largest L1 norm of the incoming weights of a unit.
+        max_value (float | str): The largest L1 norm of the incoming weights of a unit, or a
+            rule of the weight's shape (``"fan_in"``, see :class:`MaxNorm`).
         axis (int | tuple[int, ...] | None): The axis or axes each node spans (see
             :class:`MaxNorm`).
 

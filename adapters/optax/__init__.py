@@ -40,9 +40,18 @@ one of every adapter (:func:`weight_constraints.adapters._binding.bind`): a cons
 default axis means the per-node axes; an explicit axis is honoured when it names them and
 rejected otherwise; a bound the leaf's dtype cannot represent raises, naming the leaf.
 
+Normalized-weight training. A bound may be a rule of each leaf's shape, resolved per leaf
+(``fan_in``: the entries of one node, stacked axes excluded): EDM2's forced weight
+normalization is ``kernel=MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)")``. ``per_input=`` (path
+patterns, as ``rules``) names the 2-D kernels that take one norm per *input* unit instead, as
+nGPT's attention-output and MLP down-projections: ``kernel=UnitNorm(),
+per_input=r".*/(out|down)/kernel"``. It is a separate, named choice, never guessed; a pattern
+that matches no leaf, or a leaf that is not a constrained 2-D kernel, raises.
+
 The package's modules, one concern each: ``_layouts`` (Flax's kernel layouts), ``_cells``
 (recurrent cells, by structure), ``_leaves`` (the role of each leaf from its neighbours),
-``_patterns`` (``rules=`` and ``stacked=``), ``_projection`` (the tree reader and
+``_patterns`` (``rules=`` and ``stacked=``), ``_per_input`` (``per_input=``: the kernels that
+take one norm per input unit, and their axes), ``_projection`` (the tree reader and
 :func:`projection`), ``_transforms`` (:func:`constrained`, :func:`project`, the landing of
 updates), ``_audit`` (:func:`audit`, :func:`norm_stats`).
 

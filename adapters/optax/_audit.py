@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,7 @@ def audit(
     rules: Rules | None = None,
     stacked: Mapping[str, int] | None = None,
     skip_unknown: bool = False,
+    per_input: str | Iterable[str] | None = None,
     strict: bool = False,
     tol: float = 1e-5,
 ) -> Audit:
@@ -79,10 +80,12 @@ def audit(
     ``batch_stats``, so only the full variables show that a kernel is normalised by it (the
     audit then raises, naming it).
 
+    ``kernel``, ``recurrent``, ``bias``, ``embedding``, ``rules``, ``stacked``,
+    ``skip_unknown`` and ``per_input`` are as in :func:`projection`. A bound given as a rule
+    (``"sqrt(fan_in)"``) shows as the rule and is measured as resolved for each leaf.
+
     Args:
         params: The parameter tree (as :func:`projection` takes it).
-        kernel, recurrent, bias, embedding, rules, stacked, skip_unknown: As in
-            :func:`projection`.
         strict: Raise a RuntimeError listing every constrained leaf that is violated by more
             than its tolerance.
         tol: The tolerance of ``strict``, relative to the constraint's scale; at least the
@@ -117,6 +120,7 @@ def audit(
         rules=rules,
         stacked=stacked,
         skip_unknown=skip_unknown,
+        per_input=per_input,
     )
     rows = Audit(row for _, _, row in _rows(params, reader))
     return finish(rows, strict, tol)
@@ -132,6 +136,7 @@ def norm_stats(
     rules: Rules | None = None,
     stacked: Mapping[str, int] | None = None,
     skip_unknown: bool = False,
+    per_input: str | Iterable[str] | None = None,
 ) -> dict[str, float]:
     """The norm statistics of every constrained leaf of ``params`` (same arguments as
     :func:`audit`), in the schema every adapter's ``norm_stats`` gives: for each leaf ``path``,
@@ -161,6 +166,7 @@ def norm_stats(
         rules=rules,
         stacked=stacked,
         skip_unknown=skip_unknown,
+        per_input=per_input,
     )
     stats: dict[str, float] = {}
     for decision, leaf, row in _rows(params, reader):

@@ -5,8 +5,12 @@ A leaf is read, in order: hidden by ``optax.masked`` (left alone); matched by a 
 rule's constraint over the rule's axes); not floating-point (left alone, or a TypeError when a
 rule or an asked role names it); otherwise by its role (:mod:`._leaves`), bound to its per-node
 axes by the axis rule every adapter shares (:func:`weight_constraints.adapters._binding.bind`,
-which also checks the constraint's bounds against the leaf's dtype). The tree is read when the
-projection is called, or traced under ``jax.jit``: shapes, names and dtypes only, never values.
+which also checks the constraint's bounds, rules such as ``"sqrt(fan_in)"`` resolved for the
+leaf, against the leaf's dtype), or, for a kernel ``per_input=`` chooses, to the axes that give
+one norm per input unit (:func:`weight_constraints.adapters._binding.per_input_axes`, read on
+each stacked layer's own 2-D kernel). A leaf ``per_input=`` matches that is not such a kernel
+raises. The tree is read when the projection is called, or traced under ``jax.jit``: shapes,
+names and dtypes only, never values.
 
 Example:
     >>> import jax.numpy as jnp
@@ -21,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -33,7 +37,7 @@ import optax
 import weight_constraints as wc
 from weight_constraints._checks import normalize_axes
 from weight_constraints._dtypes import as_name
-from weight_constraints.adapters._binding import bind
+from weight_constraints.adapters._binding import PerInput, bind
 from weight_constraints.adapters._roles import Request
 
 from ._layouts import MASKED, Unknown
@@ -47,6 +51,12 @@ from ._patterns import (
     compile_stacked,
     rule_for,
     stack_for,
+)
+from ._per_input import (
+    check_per_input_role,
+    input_axes,
+    not_per_input,
+    per_input_patterns,
 )
 
 __all__ = ["Leaf", "Reading", "TreeReader", "parts", "projection", "rebuild"]
@@ -110,13 +120,14 @@ class _Tally:
 @dataclass(frozen=True)
 class TreeReader:
     """Reads parameter trees for :func:`projection`, the optax transformations and the audit:
-    the constraints asked by role (``request``), ``rules=``, ``stacked=`` and ``skip_unknown``.
-    Build it with :meth:`of`."""
+    the constraints asked by role (``request``), ``rules=``, ``stacked=``, ``skip_unknown`` and
+    the ``per_input=`` patterns. Build it with :meth:`of`."""
 
     request: Request
     rules: list[Rule]
     stacked: list[Stack]
     skip_unknown: bool = False
+    per_input: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -129,17 +140,22 @@ class TreeReader:
         rules: Rules | None = None,
         stacked: Mapping[str, int] | None = None,
         skip_unknown: bool = False,
+        per_input: str | Iterable[str] | None = None,
     ) -> TreeReader:
         """The reader of these arguments (those of :func:`projection`), checked.
 
         Raises:
-            ValueError: Nothing to project, or a rule or a stack declaration is malformed.
+            ValueError: Nothing to project, or a rule, a stack declaration or a ``per_input``
+                pattern is malformed.
             TypeError: ``rules`` or ``stacked`` is not a mapping.
         """
         request = Request.of(
             wc.get, kernel=kernel, recurrent=recurrent, bias=bias, embedding=embedding
         )
-        reader = cls(request, compile_rules(rules), compile_stacked(stacked), skip_unknown)
+        patterns = per_input_patterns(per_input)
+        reader = cls(
+            request, compile_rules(rules), compile_stacked(stacked), skip_unknown, patterns
+        )
         if not request.asked() and not reader.rules:
             raise ValueError(
                 "nothing to project: give kernel=, recurrent=, bias=, embedding= or rules="
@@ -170,12 +186,14 @@ class TreeReader:
                 used_stacks.add(stack.pattern)
             stacks.append(n)
             index.add(names, MASKED if _is_masked(leaf) else shape[n:], stacked=n)
-        tally = _Tally()
+        tally, choose = _Tally(), PerInput(self.per_input)
         decisions = [
-            self._decide(names, leaf, n, index, tally)
+            self._decide(names, leaf, n, index, tally, choose)
             for (names, leaf), n in zip(named, stacks, strict=True)
         ]
         self._check(tally, used_stacks, paths)
+        kernels = [path for path in paths if path.endswith("kernel")]  # shown first
+        choose.check(kernels + [path for path in paths if path not in kernels], "parameter")
         return Reading([leaf for _, leaf in named], treedef, decisions)
 
     def project(self, tree: Any) -> Any:
@@ -189,20 +207,35 @@ class TreeReader:
         return any(self.request.constraint_for(role) is not None for role in could_be(names))
 
     def _decide(
-        self, names: tuple[str, ...], leaf: Any, n: int, index: TreeIndex, tally: _Tally
+        self,
+        names: tuple[str, ...],
+        leaf: Any,
+        n: int,
+        index: TreeIndex,
+        tally: _Tally,
+        choose: PerInput,
     ) -> Leaf:
-        """How the leaf ``names`` (with ``n`` declared stacked axes) is projected."""
+        """How the leaf ``names`` (with ``n`` declared stacked axes) is projected; ``choose``:
+        the ``per_input=`` patterns.
+
+        Raises:
+            ValueError: ``per_input=`` matches a leaf that is not a constrained kernel.
+        """
         where, shape = "/".join(names), tuple(np.shape(leaf))
         if _is_masked(leaf):
             tally.masked.append(where)
             return Leaf(where, shape, None, None, "masked out (optax.masked)")
-        rule = rule_for(self.rules, where)
+        rule, by_input = rule_for(self.rules, where), choose(where)
         if rule is not None:
             tally.used_rules.add(rule.pattern)
+            if by_input:
+                raise not_per_input(where, f"is given its axes by the rule {rule.pattern!r}")
             return _by_rule(rule, where, shape, leaf)
         if not _is_floating(leaf):
             if names and names[-1] in ("kernel", "bias", "embedding") and self._asks(names):
                 _check_floating(leaf, where, names[-1])
+            if by_input:
+                raise not_per_input(where, "is not floating-point")
             return Leaf(where, shape, None, None, "not floating-point")
         try:
             role, per_node, note = role_of(names, shape, index, stacked=n)
@@ -210,13 +243,18 @@ class TreeReader:
             if self._asks(names):
                 tally.unknown.append(f"{where} {shape}: {unknown.reason}")
             return Leaf(where, shape, None, None, f"unknown ({unknown.reason}): left alone")
+        constraint = None if role is None else self.request.constraint_for(role)
+        if by_input:
+            check_per_input_role(where, role, constraint)
         if n:
             note = f"{note}, {n} stacked axes" if n > 1 else f"{note}, stacked"
-        constraint = None if role is None else self.request.constraint_for(role)
         if role is None or per_node is None or constraint is None:
             return Leaf(where, shape, None, None, note)
         tally.found.add(role)
-        stacked = tuple(a + n for a in per_node)
+        if by_input:  # the other axis of each layer's own 2-D kernel
+            stacked, note = input_axes(constraint, per_node, shape, n, where), f"{note}, per input"
+        else:
+            stacked = tuple(a + n for a in per_node)
         bound, axes = bind(constraint, stacked, shape, where, dtype=as_name(leaf.dtype))
         return Leaf(where, shape, bound, axes, note)
 
@@ -307,6 +345,7 @@ def projection(
     rules: Rules | None = None,
     stacked: Mapping[str, int] | None = None,
     skip_unknown: bool = False,
+    per_input: str | Iterable[str] | None = None,
 ) -> Callable[[Any], Any]:
     """A pure function ``params -> params`` that projects every constrained leaf of a pytree.
 
@@ -317,6 +356,11 @@ def projection(
     on any nested dict / list / tuple of arrays, eagerly or under ``jax.jit`` (the leaves are
     read when the function is traced), on sharded arrays too. NumPy leaves are projected with
     NumPy and keep their dtype.
+
+    Bounds may be rules of the leaf's shape (``MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)")``,
+    EDM2's forced weight normalization): each leaf's rule is resolved for its own nodes,
+    ``fan_in`` being the entries of one node (the sizes of its per-node axes, stacked axes
+    excluded).
 
     Args:
         kernel: The constraint of input kernels (``Dense``, ``Conv``, ``DenseGeneral``,
@@ -335,11 +379,20 @@ def projection(
             are read as the layer they stack, and each layer keeps its own norms (a stacked
             bias gets one norm per layer).
         skip_unknown: Leave leaves whose axes cannot be read alone instead of raising.
+        per_input: The kernels that take one norm per *input* unit instead of one per output
+            unit (nGPT's attention-output and MLP down-projections): a regular expression or
+            several, each matched, as ``rules`` are, against whole leaf paths
+            (``r".*/(out|down)/kernel"``). A Flax ``Dense`` kernel ``(in, out)`` is then
+            normalised over axis 1; a stacked layer's kernel over the same axis of each layer
+            (its stacked axes never count). 2-D kernels (``kernel=``, ``recurrent=``) only: a
+            pattern that matches no leaf, or a leaf that is not such a kernel, raises.
 
     Returns:
         The projection, a pure function of the parameter pytree. It raises, naming the leaf, when
         a leaf's axes cannot be read, an explicit axis is not the per-node one, a bound does
-        not fit a leaf's dtype, or an asked role or rule matches no leaf.
+        not fit a leaf's dtype (rules once resolved for it), an asked role, a rule or a
+        ``per_input`` pattern matches no leaf, or ``per_input`` matches a leaf that is not a
+        2-D kernel.
 
     Raises:
         ValueError: Nothing to project, or a rule is malformed.
@@ -353,6 +406,15 @@ def projection(
         >>> conv = constrain(params)["Conv_0"]
         >>> node_norms(conv["kernel"], axis=(0, 1, 2))[:3].round(6)
         Array([2., 2., 2.], dtype=float32)
+        >>> from weight_constraints import MinMaxNorm, UnitNorm
+        >>> edm2 = projection(kernel=MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)"))
+        >>> forced = edm2(params)["Conv_0"]
+        >>> node_norms(forced["kernel"], axis=(0, 1, 2))[:3]  # sqrt(3 * 3 * 2)
+        Array([4.2426405, 4.2426405, 4.2426405], dtype=float32)
+        >>> block = {"up": {"kernel": jnp.ones((4, 8))}, "down": {"kernel": jnp.ones((8, 4))}}
+        >>> down = projection(kernel=UnitNorm(), per_input=r"down/kernel")(block)["down"]
+        >>> node_norms(down["kernel"], axis=1)  # one norm per input unit
+        Array([1., 1., 1., 1., 1., 1., 1., 1.], dtype=float32)
     """
     reader = TreeReader.of(
         kernel=kernel,
@@ -362,6 +424,7 @@ def projection(
         rules=rules,
         stacked=stacked,
         skip_unknown=skip_unknown,
+        per_input=per_input,
     )
 
     def project_params(params: Any) -> Any:

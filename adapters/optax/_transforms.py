@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -111,6 +111,7 @@ def constrained(
     rules: Rules | None = None,
     stacked: Mapping[str, int] | None = None,
     skip_unknown: bool = False,
+    per_input: str | Iterable[str] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The optimizer ``tx`` with its updates landing on the projected parameters: the form to
     use, which cannot be put in the wrong place of a chain.
@@ -150,6 +151,7 @@ def constrained(
             rules=rules,
             stacked=stacked,
             skip_unknown=skip_unknown,
+            per_input=per_input,
         )
     )
     inner = optax.with_extra_args_support(tx)
@@ -174,6 +176,7 @@ def project(
     rules: Rules | None = None,
     stacked: Mapping[str, int] | None = None,
     skip_unknown: bool = False,
+    per_input: str | Iterable[str] | None = None,
 ) -> optax.GradientTransformation:
     """An optax transformation, chained last, whose updates land on the projected parameters.
 
@@ -216,6 +219,7 @@ def project(
             rules=rules,
             stacked=stacked,
             skip_unknown=skip_unknown,
+            per_input=per_input,
         )
     )
 

@@ -31,7 +31,7 @@ from weight_constraints._checks import Axis, is_default_axis, normalize_axes
 from weight_constraints._dtypes import as_name
 from weight_constraints.adapters._binding import bind, bind_axes, is_per_node
 from weight_constraints.adapters._errors import WeightValueError
-from weight_constraints.adapters._roles import Request
+from weight_constraints.adapters._roles import PER_INPUT_ROLES, Request
 
 from ._computed import computed_weight_error, is_computed, parameter_at
 from ._layers import layout, owner
@@ -268,10 +268,6 @@ def module_registration(
     return Registration(where, parameter, asked, bound, axes, view, place, source, per_input)
 
 
-PER_INPUT_ROLES = ("kernel", "recurrent")
-"""The roles ``per_input`` applies to (embedding tables and biases keep their per-node axes)."""
-
-
 def module_registrations(
     module: nn.Module, request: Request, label: str, *, per_input: bool = False
 ) -> list[Registration]:
@@ -286,6 +282,12 @@ def module_registrations(
                 registrations.append(
                     module_registration(module, name, constraint, label, per_input=by_input)
                 )
+    if per_input and not any(r.per_input and is_per_node(r.constraint) for r in registrations):
+        raise ValueError(
+            f"{label} ({type(module).__name__}) is chosen by per_input, but none of its weights "
+            "takes one norm per input unit: per_input applies to the 2-D kernels (and "
+            "recurrent weights) given a per-node constraint (kernel=UnitNorm(), ...)"
+        )
     return registrations
 
 

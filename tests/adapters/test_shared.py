@@ -163,7 +163,7 @@ def test_per_input_is_a_named_choice_for_2d_weights():
     bound, axes = bind(wc.UnitNorm(), (1,), (8, 4), "down.weight", per_input=True)
     assert axes == (0,) and bound == wc.UnitNorm(axis=0)
     assert bind(wc.UnitNorm(axis=0), (1,), (8, 4), "down", per_input=True)[1] == (0,)
-    with pytest.raises(ValueError, match="explicit axis=1"):
+    with pytest.raises(ValueError, match="explicit axis=1, but one norm per input unit of down"):
         bind(wc.UnitNorm(axis=1), (1,), (8, 4), "down", per_input=True)
     with pytest.raises(ValueError, match="2-D weights"):
         per_input_axes((1, 2, 3), (8, 4, 3, 3), "conv.weight")
@@ -171,7 +171,7 @@ def test_per_input_is_a_named_choice_for_2d_weights():
 
 
 def test_bind_keeps_rules_and_checks_them_resolved():
-    bound, axes = bind(wc.MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)"), (1,), (8, 16), "fc")
+    bound, _axes = bind(wc.MinMaxNorm("sqrt(fan_in)", "sqrt(fan_in)"), (1,), (8, 16), "fc")
     assert bound.rules() and bound.resolved((8, 16)) == wc.MinMaxNorm(4.0, 4.0, axis=1)
     with pytest.raises(ValueError, match=r"fc: radius=70000.0 is beyond .* float16"):
         bind(wc.Simplex("fan_in"), (1,), (2, 70000), "fc", dtype="float16")

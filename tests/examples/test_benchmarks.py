@@ -19,7 +19,17 @@ def test_benchmark_command_runs_every_section(tmp_path):
     report = json.loads((tmp_path / "cpu.json").read_text())
     rows = report["rows"]
     sections = {row["section"] for row in rows}
-    assert sections == {"numpy", "torch", "registry", "hook", "keras", "moons", "scaling"}
+    assert sections == {
+        "numpy",
+        "torch",
+        "registry",
+        "hook",
+        "keras",
+        "moons",
+        "scaling",
+        "normalized",
+        "step",
+    }
     for row in rows:
         assert row["ratio"] > 0 and all(v > 0 for v in row["medians"].values()), row
     # The registry rows: every constraint on every layout, ours against the hand-written loop
@@ -36,6 +46,24 @@ def test_benchmark_command_runs_every_section(tmp_path):
     compiled = "step + hook, compile=True"
     assert set(hook["medians"]) == {"step", "step + hook", "hook alone", compiled}
     assert hook["ratio"] == hook["medians"]["step + hook"] / hook["medians"]["step"]
+    # The normalized-weight rows: nGPT-style and EDM2-style over every matrix of the layers,
+    # ours against the hand-written loop (no compile=True in --quick).
+    normalized = [row for row in rows if row["section"] == "normalized"]
+    assert [row["case"].split(",")[0] for row in normalized] == ["nGPT-style", "EDM2-style"]
+    for row in normalized:
+        assert set(row["medians"]) == {"ours", "hand-written"}, row
+        assert row["tensors"] == 12 and "(12 matrices" in row["case"]  # 2 layers of 6
+        assert row["ratio"] == row["medians"]["ours"] / row["medians"]["hand-written"]
+        assert row["goal"] == "≤ 1.0×" and row["met"] == (row["ratio"] <= 1.0)
+    # The constrained-step rows: every optimizer, in the foreach and fused=True modes (no
+    # compiled mode in --quick), every constraint; the hook against fuse=True.
+    step = [row for row in rows if row["section"] == "step"]
+    assert len(step) == 3 * 2 * len(TIMED_KINDS)
+    for row in step:
+        assert set(row["medians"]) == {"step", "step + hook", "step, fuse=True"}, row
+        assert row["ratio"] == row["medians"]["step, fuse=True"] / row["medians"]["step"]
+        assert row["goal"] == ("" if "(fused=True)" in row["case"] else "≤ 1.05×"), row
+    assert "A/A′ control: step again / step" in step[0]["extra"]
     assert {"cpu", "numpy", "torch", "keras", "weight_constraints"} <= set(report["machine"])
     markdown = (tmp_path / "performance.md").read_text()
     for title in (
@@ -46,10 +74,13 @@ def test_benchmark_command_runs_every_section(tmp_path):
         "Keras adapter",
         "moons",
         "Scaling",
+        "Normalized-weight training",
+        "A constrained optimizer step",
     ):
         assert title in markdown
     assert "µs per tensor" in markdown
     assert "`compile=True` against eager" in markdown
+    assert "In this run, foreach: fuse=True" in markdown
     assert markdown.count("\n| ") > len(rows)
     assert_png(tmp_path / "performance_scaling.png")
 

@@ -62,7 +62,16 @@ def layer(w) -> dict:
     return {name: {"kernel": jnp.asarray(w)}}, f"{name}/kernel"
 
 
-MODULES = ["", "._layouts", "._cells", "._leaves", "._patterns", "._projection", "._transforms"]
+MODULES = [
+    "",
+    "._layouts",
+    "._cells",
+    "._leaves",
+    "._patterns",
+    "._per_input",
+    "._projection",
+    "._transforms",
+]
 
 
 @pytest.mark.parametrize("module", [*MODULES, "._audit"])
