@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import weight_constraints as wc
+from tests.ids import stable_repr
 
 torch = pytest.importorskip("torch")
 
@@ -124,7 +125,7 @@ BAD_AXES = [
 ]
 
 
-@pytest.mark.parametrize("axis", BAD_AXES, ids=repr)
+@pytest.mark.parametrize("axis", BAD_AXES, ids=stable_repr)
 def test_other_axes_are_refused_with_their_value(axis):
     message = "axis must be an int, a sequence of ints or None, got " + re.escape(repr(axis))
     with pytest.raises(ValueError, match=message):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import weight_constraints as wc
+from tests.ids import stable_repr
 from tests.reference import axes_of, nodes
 
 DTYPES = [np.float16, np.float32, np.float64]
@@ -555,7 +556,7 @@ OBJECTS = [
 ]
 
 
-@pytest.mark.parametrize("constraint, function", OBJECTS, ids=lambda c: repr(c))
+@pytest.mark.parametrize("constraint, function", OBJECTS, ids=stable_repr)
 def test_objects_call_their_function(constraint, function):
     w = np.random.default_rng(0).standard_normal((3, 4, 2)).astype(np.float32)
     np.testing.assert_array_equal(constraint(w), function(w))

@@ -9,6 +9,7 @@ import pytest
 from keras import layers, ops
 
 import weight_constraints as wc
+from tests.ids import stable_repr
 from weight_constraints.adapters import keras as wk
 
 BACKEND = keras.backend.backend()
@@ -281,7 +282,7 @@ def test_constrain_keeps_the_constraints_through_save_and_load(tmp_path):
         wc.UnitNorm(axis=0),
         keras.constraints.MaxNorm(3),  # Keras cannot tell its default: counts as given
     ],
-    ids=repr,
+    ids=stable_repr,
 )
 def test_constrain_refuses_an_explicit_axis_that_is_not_per_node(constraint):
     model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="conv")])
@@ -389,7 +390,7 @@ def test_constrain_never_replaces_a_different_constraint_silently():
         wk.MaxNorm(4),
         wc.UnitNorm(),
     ],
-    ids=repr,
+    ids=stable_repr,
 )
 def test_constrain_refuses_any_other_constraint(existing):
     model = keras.Sequential([keras.Input((3,)), layers.Dense(4, name="fc")])
