@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from _timing import Row, interleaved, interleaved_loops
@@ -334,4 +335,115 @@ def torch_section(size: int, repeats: int) -> list[Row]:
         if name == "Adam":
             row.goal, row.met = "hook < step", ratio < 1.0
         rows.append(row)
+    return rows
+
+
+# -- the constrained optimizer step (issue 19) ---------------------------------------------------
+
+STEP_LAYOUTS: tuple[tuple[int, int], ...] = ((100, 256), (24, 1024))
+QUICK_STEP_LAYOUTS: tuple[tuple[int, int], ...] = ((4, 16),)
+STEP_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "SGD (momentum 0.9)": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-4, momentum=0.9, **kw),
+    "Adam": lambda ps, **kw: torch.optim.Adam(ps, lr=1e-4, **kw),
+    "AdamW": lambda ps, **kw: torch.optim.AdamW(ps, lr=1e-4, **kw),
+}
+STEP_GOAL = 1.05
+
+
+def _stepper(
+    count: int, width: int, make: Callable[..., torch.optim.Optimizer], mode: dict, constraint: Any
+) -> tuple[torch.optim.Optimizer, Callable[[], object]]:
+    """A fresh copy of ``count`` Linear layers (seeded: every copy holds the same values and
+    gradients) and its optimizer, with the weights constrained by ``constraint`` through the
+    hook (``"hook"``), ``fuse=True`` (``"fuse"``), or not at all (None); returns the optimizer and
+    its step (compiled with ``mode["compiled"]``), after two steps (state made, plans bound)."""
+    layers = linear_layers(count, width, "cpu")
+    generator = torch.Generator().manual_seed(1)
+    parameters = [p for layer in layers for p in layer.parameters()]
+    for p in parameters:
+        p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+    options = {k: v for k, v in mode.items() if k != "compiled" and k != "with"}
+    optimizer = make(parameters, **options)
+    if mode["with"] is not None:
+        registry = Constraints()
+        for layer in layers:
+            registry.add(layer, kernel=constraint)
+        registry.attach(optimizer, fuse=mode["with"] == "fuse")
+    step = torch.compile(optimizer.step) if mode["compiled"] else optimizer.step
+    for _ in range(2):
+        step()  # compiles (seconds to minutes) in the compiled mode
+    return optimizer, step
+
+
+def _step_row(
+    name: str, mode: str, count: int, width: int, kind: str, medians: dict[str, float]
+) -> Row:
+    ratio = medians["step, fuse=True"] / medians["step"]
+    goal = mode != "fused=True"  # the issue's CPU goals: the foreach and compiled modes
+    return Row(
+        "step",
+        f"{name} ({mode}), {count} × Linear({width}), {kind}",
+        medians,
+        "fuse=True / step",
+        ratio,
+        goal=f"≤ {STEP_GOAL:.2f}×" if goal else "",
+        met=ratio <= STEP_GOAL if goal else None,
+        extra={"step + hook / step": medians["step + hook"] / medians["step"]},
+    )
+
+
+CONTROL = "step (A/A′ control)"
+
+
+def _step_contenders(
+    count: int, width: int, make: Callable[..., torch.optim.Optimizer], options: dict, kind: str
+) -> dict[str, Callable[[], object]]:
+    """The step alone, with the hook and with fuse=True, each on its own copy."""
+    constraint = REFERENCES[kind].constraint
+    return {
+        label: _stepper(count, width, make, {**options, "with": using}, constraint)[1]
+        for label, using in (("step", None), ("step + hook", "hook"), ("step, fuse=True", "fuse"))
+    }
+
+
+def step_rows(
+    layouts: tuple[tuple[int, int], ...],
+    *,
+    repeats: int = 15,
+    target_s: float = 0.05,
+    compile: bool = True,
+    kinds: tuple[str, ...] = tuple(REFERENCES),
+) -> list[Row]:
+    """The constrained optimizer step against the same optimizer's unconstrained step in the
+    same mode: SGD (momentum), Adam and AdamW over ``count`` Linear layers with the weights
+    constrained (each constraint of ``kinds``), the hook against ``fuse=True``; in the foreach
+    and ``fused=True`` modes, and (with ``compile``, the first of ``kinds`` only, to bound the
+    compile time) ``torch.compile(optimizer.step)`` with the hook traced in. Every contender has
+    its own copy of the same parameters and gradients; the first row has an A/A' control (the
+    same unconstrained step on another copy) that shows the noise.
+    """
+    rows = []
+    modes: dict[str, dict] = {
+        "foreach": {"foreach": True, "compiled": False},
+        "fused=True": {"fused": True, "compiled": False},
+    }
+    if compile:
+        modes["compiled"] = {"foreach": True, "compiled": True}  # torch.compile(optimizer.step)
+    for count, width in layouts:
+        for name, make in STEP_OPTIMIZERS.items():
+            for mode, options in modes.items():
+                for kind in kinds[:1] if options["compiled"] else kinds:
+                    if options["compiled"]:
+                        torch.compiler.reset()
+                    contenders = _step_contenders(count, width, make, options, kind)
+                    if not rows:
+                        plain = {**options, "with": None}
+                        contenders[CONTROL] = _stepper(count, width, make, plain, None)[1]
+                    medians, _ = interleaved_loops(contenders, repeats, target_s=target_s)
+                    control = medians.pop(CONTROL, None)
+                    rows.append(_step_row(name, mode, count, width, kind, medians))
+                    if control is not None:
+                        rows[-1].extra["A/A′ control: step again / step"] = (
+                            control / medians["step"]
+                        )
     return rows

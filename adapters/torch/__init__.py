@@ -46,7 +46,10 @@ plan bound once to the tensors they project (``_plan.Plan``: small tensors of on
 stacked, one norm per larger tensor into one buffer, the factors of many tensors formed at
 once, one ``_foreach_mul_``), with the core's results bit for bit. A change (a replaced
 parameter, a new dtype, device or layout, a parametrization) sends the next call through the
-full check again, and the plans are bound anew.
+full check again, and the plans are bound anew. ``fuse=True`` (:func:`constrain`,
+:meth:`Constraints.attach`) goes further: the weights the native kernels can take are updated
+and projected in one pass, in a step pre-hook, with the results of the step and the hook bit
+for bit.
 
 Example:
     >>> import torch
@@ -74,6 +77,10 @@ Where each concern lives (one module each):
 - ``_optimizers``: which optimizers are accepted, what they hold, entries no step can project;
 - ``_hooks``: the step hook and the O(1) guard of the fast path;
 - ``_plan``: the batched projection the fast path runs;
+- ``_native``, ``_probes``: the native per-row kernels (``_native.c``, built at first use with
+  the system C compiler) and the probes that check them bit for bit against torch and the core;
+- ``_updates``, ``_fused``: the optimizer updates the kernels compute, and the fused step
+  (``attach(optimizer, fuse=True)``): update and projection in one pass, in a step pre-hook;
 - ``_project``: :func:`project_`, :func:`node_norms`, distributed tensors, the eager and
   compiled projections and the selection a fast-path call projects;
 - ``_registry``: :class:`Constraints`, the registry (its full check and fast path);

@@ -34,6 +34,7 @@ from weight_constraints.adapters._binding import is_per_node
 from weight_constraints.adapters._errors import WeightError
 
 from ._entries import Registration, bind_again
+from ._fused import fuse_note
 from ._layers import default_dims
 from ._memory import MemoryIndex, is_dtensor
 from ._optimizers import check_optimizer, param_ids, unheld_tensor_entries
@@ -141,6 +142,18 @@ def _status(
         return False, "its registry is attached to no optimizer (apply() projects it)"
     replaced = fresh.parameter is not registration.parameter
     return _hook_status(registration, parameter, replaced, optimizers, members)
+
+
+def _fuse_note(
+    registry: Constraints, parameter: torch.Tensor, optimizer: torch.optim.Optimizer | None
+) -> str:
+    """How a hook attached with fuse=True treats ``parameter`` ("" for the others)."""
+    for hook, attached in registry._live_hooks():
+        if optimizer is None or attached is optimizer:
+            note = fuse_note(hook, attached, parameter)
+            if note:
+                return note
+    return ""
 
 
 def _host(tensor: torch.Tensor, view: tuple[int, ...] | None) -> np.ndarray:
@@ -269,7 +282,8 @@ def _registered_row(
             ),
         )
     tied = ", ".join(name for _, _, name in record.places[1:])
-    notes = [note, f"tied: also {tied}" if tied else ""]
+    fused = _fuse_note(registry, record.parameter, optimizer) if active else ""
+    notes = [note, fused, f"tied: also {tied}" if tied else ""]
     violation = None
     if record.parameter.shape == registration.shape:
         violation = _violation(registration, _host(record.parameter, registration.view))

@@ -81,6 +81,7 @@ def constrain(
     skip_unknown: bool = False,
     compile: bool = False,
     per_input: str | Iterable[str] | None = None,
+    fuse: bool = False,
 ) -> Constraints:
     r"""Constrain every supported submodule of ``model`` by role, and attach to ``optimizer``.
 
@@ -116,6 +117,9 @@ def constrain(
             output unit (nGPT's attention-output and MLP down-projections): a regular expression
             or several, each matched against whole module paths (``r".*\.(o_proj|down_proj)"``).
             2-D weights only; a pattern that matches no module raises.
+        fuse: Update and project the tensors the native kernels can take in one pass, in a
+            step pre-hook (see :meth:`Constraints.attach`): the same results, bit for bit, at
+            about the cost of the unconstrained step.
 
     Returns:
         The registry (its hook is attached when ``optimizer`` is given). The constraints are
@@ -125,6 +129,8 @@ def constrain(
         raise TypeError(f"constrain() expects an nn.Module, got {type(model).__name__}")
     if optimizer is not None:
         optimizer = check_optimizer(optimizer, "constrain")
+    elif fuse:
+        raise TypeError("fuse=True needs the optimizer (or attach(optimizer, fuse=True) later)")
     request = Request.of(wc.get, kernel=kernel, recurrent=recurrent, bias=bias, embedding=embedding)
     new, found, skipped = _walk_model(model, request, skip_unknown, PerInput(per_input))
     missing = request.missing(found)
@@ -135,7 +141,7 @@ def constrain(
     registry._extend(new)
     registry._skipped += skipped
     if optimizer is not None:
-        registry.attach(optimizer)
+        registry.attach(optimizer, fuse=fuse)
     warn_skipped(skipped)
     if outside:
         warnings.warn(outside_warning(outside, len(registry)), UserWarning, stacklevel=2)

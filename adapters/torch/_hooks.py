@@ -33,6 +33,7 @@ from ._memory import is_dtensor
 from ._optimizers import param_ids
 
 if TYPE_CHECKING:
+    from ._fused import FusedStep
     from ._project import Selection
     from ._registry import Constraints
 
@@ -42,7 +43,10 @@ __all__ = ["Guard", "StepHook"]
 class StepHook:
     """The step post-hook of one registry on one optimizer. It knows its registry (for
     :func:`~.audit`) and caches which tensors the optimizer holds (recomputed when the tensors
-    in the param groups change)."""
+    in the param groups change). Attached with ``fuse=True``, it has a :class:`~._fused.FusedStep`
+    (``fused``), whose pre-hook updated some tensors already and hid their gradients: the
+    post-hook gives them back after projecting the others; ``unfused`` says why fuse=True was
+    asked and not granted."""
 
     def __init__(self, registry: Constraints, optimizer: torch.optim.Optimizer) -> None:
         self.registry = registry
@@ -51,6 +55,8 @@ class StepHook:
         self._members: frozenset[int] = frozenset()
         self.selection: Selection | None = None  # what this hook projects, bound once
         self.handle: RemovableHandle | None = None
+        self.fused: FusedStep | None = None
+        self.unfused = ""
 
     def members(self, optimizer: torch.optim.Optimizer) -> frozenset[int]:
         """The ids of the tensors in ``optimizer``'s param groups (recomputed when a group is
@@ -70,7 +76,13 @@ class StepHook:
         return optimizer if any(h is self for h in hooks.values()) else None
 
     def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.registry._step(optimizer, self)
+        if self.fused is None:
+            self.registry._step(optimizer, self)
+            return
+        try:  # the fused tensors have no gradient now: the projection passes them over
+            self.registry._step(optimizer, self)
+        finally:
+            self.fused.restore()
 
 
 def _metadata(tensors: list[torch.Tensor]) -> list[tuple]:

@@ -13,6 +13,11 @@ down by grouping tensors that share a constraint, dtype and device:
   the stack is contiguous, and a norm over it would add in another order than the core's.
 * Other tensors take one norm each, written into slices of one buffer of norms; the factors of
   the whole group are formed at once and applied by one ``_foreach_mul_``.
+* Contiguous float32 CPU tensors whose nodes are their trailing dims (Linear and Conv weights,
+  biases; MaxNorm, UnitNorm and MinMaxNorm) are projected by the native per-row kernel
+  (:mod:`._native`) when it is available and its probes passed: one call for all of them, each
+  row read once and scaled from L1 only when its factor is not 1, the core's arithmetic bit for
+  bit (checked at first use against the core on this machine).
 * ``NonNeg`` tensors are clamped by one ``_foreach_clamp_min_``.
 * Anything else (a constraint without a known factor, every entry its own node, a CPU tensor
   whose norms run over leading dims, where the core has its own faster reduction) goes through
@@ -46,6 +51,8 @@ from weight_constraints._backends import for_namespace
 from weight_constraints._backends.torch import TorchBackend
 from weight_constraints._checks import normalize_axes
 from weight_constraints._dtypes import accumulation_dtype
+
+from . import _native
 
 __all__ = ["Plan"]
 
@@ -220,6 +227,51 @@ class _Stack:
         torch._foreach_copy_(self.targets, slices)
 
 
+class _NativeRows:
+    """Contiguous float32 CPU tensors projected row by row by the native kernel, in one call."""
+
+    def __init__(
+        self,
+        native: _native.Native,
+        tensors: list[torch.Tensor],
+        targets: list[torch.Tensor],
+        shapes: list[tuple[int, int]],
+        projections: list[Any],
+    ) -> None:
+        self.native, self.tensors, self.targets = native, tensors, targets
+        self.shapes, self.projections = shapes, projections
+        self.array = (_native.Projection * len(projections))(*projections)
+
+    def __call__(self, with_grad_only: bool) -> None:
+        targets, shapes, array = self.targets, self.shapes, self.array
+        if with_grad_only:
+            kept = [i for i, p in enumerate(self.tensors) if p.grad is not None]
+            if len(kept) < len(targets):
+                if not kept:
+                    return
+                targets = [targets[i] for i in kept]
+                shapes = [shapes[i] for i in kept]
+                array = (_native.Projection * len(kept))(*[self.projections[i] for i in kept])
+        self.native.project(targets, shapes, array)
+        torch.autograd.graph.increment_version(targets)  # written through their memory
+
+
+def _native_shape(target: torch.Tensor, dims: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(rows, cols)`` when the native kernel can project ``target`` (a contiguous float32 CPU
+    tensor whose nodes are its trailing ``dims``), else None."""
+    count = len(dims)
+    if (
+        target.device.type != "cpu"
+        or target.dtype != torch.float32
+        or not count
+        or dims != tuple(range(target.ndim - count, target.ndim))
+        or not target.is_contiguous()
+        or target.numel() == 0
+    ):
+        return None
+    return _native.rows_and_cols(target, count)
+
+
 # -- the plan -------------------------------------------------------------------------------------
 
 
@@ -262,6 +314,8 @@ def _chunks(rows: list, limit: int) -> Iterable[list]:
 
 
 def _steps(items: Sequence[Item]) -> list[Callable[[bool], None]]:
+    native: _native.Native | None = None
+    native_rows: list = []
     core: list = []
     entrywise: dict[Any, list] = {}
     stacks: dict[Any, list] = {}
@@ -276,6 +330,11 @@ def _steps(items: Sequence[Item]) -> list[Callable[[bool], None]]:
             entrywise.setdefault(place, []).append((tensor, target))
             continue
         key = _factor_key(constraint)
+        shape = None if key is None else _native_shape(target, dims)
+        projection = None if shape is None else _native.projection(constraint)
+        if projection is not None and (native := native or _native.library()) is not None:
+            native_rows.append((tensor, target, shape, projection))
+            continue
         if key is None or not dims or _core_reduces_in_blocks(target, dims):
             core.append((tensor, target, constraint))
         elif target.is_contiguous() and (
@@ -289,6 +348,9 @@ def _steps(items: Sequence[Item]) -> list[Callable[[bool], None]]:
             norms.setdefault(key[:3], []).extend(rows)
             del stacks[key]
     steps: list[Callable[[bool], None]] = []
+    if native is not None and native_rows:
+        columns = [list(x) for x in zip(*native_rows, strict=True)]
+        steps.append(_NativeRows(native, *columns))
     for (dtype, _, key, *_), rows in stacks.items():
         factor = _factor_function(key, dtype)
         for run in _chunks(rows, _by_device(STACK_CHUNK_BYTES, rows[0][1])):

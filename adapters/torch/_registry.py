@@ -221,6 +221,7 @@ class Constraints:
         seen = Conflicts()
         for registry in live_registries():
             for known in registry._registrations:
+                known.memory = region(known.parameter)  # as it is now (a.half() frees memory)
                 seen.add(registry, known)
         own = {id(r.parameter): r for r in self._registrations}
         added: list[Registration] = []
@@ -375,20 +376,32 @@ class Constraints:
         selection.project(members is not None, self.compile)
 
     def _check_and_project(self, members: frozenset[int] | None, hook: StepHook | None) -> None:
-        """The slow path: every entry is checked in full and bound again where needed (a
-        replaced parameter, a new dtype, device, shape or layout, a parametrization...; raising
-        before anything is projected), the tensors are projected one by one through the core,
-        and the guard records the state just checked."""
+        """The slow path: the full check (:meth:`_full_check`), then the tensors are projected
+        one by one through the core."""
+        items, dtensors = self._full_check(members, hook)
+        try:
+            project_eagerly(items, dtensors, compile=self.compile)
+        except BaseException:
+            self._guard = None
+            raise
+
+    def _full_check(
+        self, members: frozenset[int] | None, hook: StepHook | None
+    ) -> tuple[list[EagerItem], list[Registration]]:
+        """Every entry is checked in full and bound again where needed (a replaced parameter,
+        a new dtype, device, shape or layout, a parametrization...; raising before anything is
+        projected), and the guard records the state just checked. Returns what the call
+        projects (the fused step's pre-hook runs it alone, before the step)."""
         self._guard = None
         items, dtensors = self._select(members)
         self._check_memory()
         if hook is not None and (optimizer := hook.optimizer()) is not None:
             check_reachable(self._registrations, optimizer, members)
             check_held(self._registrations, self._held())
-        project_eagerly(items, dtensors, compile=self.compile)
         self._changed()
         places = [(o, a, r.parameter) for r in self._registrations for o, a, _ in r.places]
         self._guard = Guard(places, [r.parameter for r in self._registrations])
+        return items, dtensors
 
     def apply(self) -> None:
         """Project every registered tensor now (after loading a checkpoint, after swapping in
@@ -400,7 +413,7 @@ class Constraints:
         """
         self._run(None, None)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+    def attach(self, optimizer: torch.optim.Optimizer, *, fuse: bool = False) -> RemovableHandle:
         """Project after every step of ``optimizer`` that happens.
 
         Uses ``Optimizer.register_step_post_hook``: a step that is skipped (an AMP
@@ -415,6 +428,16 @@ class Constraints:
         trainable parameter registered as a tensor that none of the attached optimizers holds
         raises at the next step (one replaced in its module, with a new optimizer made for the
         new tensor, is the usual cause).
+
+        ``fuse=True`` updates and projects in one pass, in a step pre-hook, the tensors the
+        native kernels take (contiguous float32 CPU ones with ``MaxNorm``, ``UnitNorm`` or
+        ``MinMaxNorm``, stepped by ``SGD``, ``Adam`` or ``AdamW``; see :mod:`._fused`), with the
+        results of the step and the projection bit for bit; the others take the usual path (a
+        warning says why when nothing can be fused).
+
+        Args:
+            optimizer: The optimizer whose steps are followed by the projection.
+            fuse: Update and project in one pass where the kernels can.
 
         Returns:
             The hook's handle; ``handle.remove()`` detaches the registry.
@@ -433,6 +456,10 @@ class Constraints:
         self._hooks = [h for h in self._hooks if h.attached() is not None]
         self._hooks.append(hook)
         hook.handle = optimizer.register_step_post_hook(hook)
+        if fuse:
+            from ._fused import start
+
+            start(hook, optimizer)
         return hook.handle
 
     def clear(self) -> None:
@@ -455,6 +482,8 @@ class Constraints:
         for hook in self._hooks:
             if hook.handle is not None:
                 hook.handle.remove()
+            if hook.fused is not None and hook.fused.handle is not None:
+                hook.fused.handle.remove()
         for registration in self._registrations:
             for owner, attr, _ in registration.places:
                 owner.__dict__.get(MARK, {}).pop(attr, None)

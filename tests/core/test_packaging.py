@@ -43,6 +43,7 @@ def test_wheel_contents_and_regular_install(tmp_path):
         "py.typed",
         "adapters/keras/__init__.py",
         "adapters/torch/__init__.py",
+        "adapters/torch/_native.c",  # the native kernels' source, built at first use
         "adapters/optax/__init__.py",
     ):
         assert f"weight_constraints/{module}" in names

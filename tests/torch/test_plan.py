@@ -1,5 +1,8 @@
 """The batched projection plans of the PyTorch adapter: the core's results, bit for bit; a
-registry binds a new plan when its tensors change."""
+registry binds a new plan when its tensors change.
+
+The native per-row kernel is turned off here (the steps named are torch's), except in the tests
+parametrized over ``native_kernel``, which run both (see also test_native.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import torch
 import weight_constraints as wc
 import weight_constraints.adapters.torch._plan as tp
 from tests.doctests import run_doctests
-from weight_constraints.adapters.torch import Constraints
+from weight_constraints.adapters.torch import Constraints, _native
 from weight_constraints.adapters.torch._plan import Plan
 
 NORM_CONSTRAINTS = [
@@ -32,6 +35,28 @@ LAYOUTS = [
     ((4, 6, 3), (0, 2), None, "_Core"),  # ConvTranspose1d(4, 6, 3)
     ((5, 7), (), None, "_Core"),  # every entry its own node
 ]
+
+
+@pytest.fixture(autouse=True)
+def native_kernel(request, monkeypatch):
+    """Whether the native kernel projects in this test: off unless parametrized on (and it is
+    available here; test_native.py says whether it must be)."""
+    if not getattr(request, "param", False):
+        monkeypatch.setenv("WEIGHT_CONSTRAINTS_NATIVE", "0")
+        return False
+    return _native.library() is not None
+
+
+BOTH_PATHS = pytest.mark.parametrize(
+    "native_kernel", [False, True], ids=["torch", "native"], indirect=True
+)
+
+
+def native_step(step, dtype, view, native_kernel):
+    """The step a plan takes for a layout: the native one for float32 trailing rows when the
+    kernel is on, else ``step``."""
+    native = native_kernel and dtype == torch.float32 and view is None
+    return "_NativeRows" if native and step in ("_Stack", "_Norms") else step
 
 
 def bound(constraint, dims):
@@ -74,12 +99,13 @@ def test_docstring_examples():
     run_doctests("weight_constraints.adapters.torch._plan")
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("keeps_buffer", [True, False])  # False: as on a GPU
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("constraint", NORM_CONSTRAINTS, ids=repr)
 @pytest.mark.parametrize(("shape", "dims", "view", "step"), LAYOUTS)
 def test_equals_the_core_bit_for_bit(
-    shape, dims, view, step, constraint, dtype, keeps_buffer, monkeypatch
+    shape, dims, view, step, constraint, dtype, keeps_buffer, monkeypatch, native_kernel
 ):
     monkeypatch.setattr(tp, "_keeps_buffer", lambda device: keeps_buffer)
     tensors = weights(shape, dtype)
@@ -87,14 +113,15 @@ def test_equals_the_core_bit_for_bit(
     c = bound(constraint, dims)
     expected = core(tensors, views, c, dims)
     plan = Plan([(t, view, c, dims) for t in tensors])
-    assert step_names(plan) == [step]
+    assert step_names(plan) == [native_step(step, dtype, view, native_kernel)]
     plan.run()
     assert_same_bits(tensors, expected)
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("constraint", NORM_CONSTRAINTS, ids=repr)
-def test_a_nan_stays_in_its_node_and_its_tensor(constraint, dtype):
+def test_a_nan_stays_in_its_node_and_its_tensor(constraint, dtype, native_kernel):
     for shape, dims, view, _ in LAYOUTS[:5]:
         tensors = weights(shape, dtype)
         tensors[2].view(view or shape)[(0,) * len(view or shape)] = float("nan")
@@ -109,10 +136,13 @@ def test_a_nan_stays_in_its_node_and_its_tensor(constraint, dtype):
         assert tensors[2].isnan().sum() == 1
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("constraint", [wc.MaxNorm(1.0), wc.MinMaxNorm(0.0, 1.0)], ids=repr)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("shape", "dims", "view", "step"), LAYOUTS[:5])
-def test_nodes_inside_the_set_come_back_bit_for_bit(shape, dims, view, step, dtype, constraint):
+def test_nodes_inside_the_set_come_back_bit_for_bit(
+    shape, dims, view, step, dtype, constraint, native_kernel
+):
     tensors = weights(shape, dtype)
     c = bound(constraint, dims)
     Plan([(t, view, c, dims) for t in tensors]).run()
