@@ -77,7 +77,7 @@ def test_study_smoke_with_every_flag(backend, tmp_path):
         "--backend", backend,
         "--constraints", "none,unit_norm,max_norm:1.5,min_max_norm:0.5:1:0.5,non_neg",
         "--repeats", "2",
-        "--epochs", "12",
+        "--epochs", "4",
         "--seed", "4",
         "--constrain-output",
         "--constrain-bias",

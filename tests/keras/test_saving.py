@@ -25,29 +25,33 @@ from weight_constraints.adapters import keras as wk
 LOAD = r"""
 import json, sys
 import keras
-if sys.argv[2] == "import":
+if sys.argv[1] == "import":
     import weight_constraints.adapters.keras
-try:
-    model = keras.saving.load_model(sys.argv[1])
-    result = {
-        "loaded": [
-            f"{type(c).__module__}.{type(c).__qualname__}"
-            for layer in model.layers
-            for c in (layer.kernel_constraint, layer.bias_constraint)
-        ]
-    }
-except Exception as error:
-    result = {"error": f"{type(error).__name__}: {error}"}
-result["adapter_imported"] = "weight_constraints.adapters.keras" in sys.modules
-print("RESULT " + json.dumps(result))
+results = []
+for path in sys.argv[2:]:
+    try:
+        model = keras.saving.load_model(path)
+        result = {
+            "loaded": [
+                f"{type(c).__module__}.{type(c).__qualname__}"
+                for layer in model.layers
+                for c in (layer.kernel_constraint, layer.bias_constraint)
+            ]
+        }
+    except Exception as error:
+        result = {"error": f"{type(error).__name__}: {error}"}
+    result["adapter_imported"] = "weight_constraints.adapters.keras" in sys.modules
+    results.append(result)
+print("RESULT " + json.dumps(results))
 """
 
 
-def load_in_a_fresh_process(path, import_adapter: bool) -> dict:
+def run(script: str, mode: str, *paths) -> list:
+    """Run ``script`` in a fresh process with ``mode`` and ``paths`` (one process for all of
+    them: each start imports Keras and its backend); its ``RESULT`` line, decoded."""
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    mode = "import" if import_adapter else "no-import"
     result = subprocess.run(
-        [sys.executable, "-c", LOAD, str(path), mode],
+        [sys.executable, "-c", script, mode, *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,6 +60,11 @@ def load_in_a_fresh_process(path, import_adapter: bool) -> dict:
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
+
+
+def load_in_a_fresh_process(path, import_adapter: bool) -> dict:
+    (result,) = run(LOAD, "import" if import_adapter else "no-import", path)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +133,17 @@ SAVE_CORE = r"""
 import sys
 import keras
 import weight_constraints as wc
-if sys.argv[2] == "import":
+if sys.argv[1] == "import":
     import weight_constraints.adapters.keras
 model = keras.Sequential([
     keras.Input((3,)),
     keras.layers.Dense(4, kernel_constraint=wc.MaxNorm(2), bias_constraint=wc.NonNeg()),
     keras.layers.Dense(3, kernel_constraint=wc.Simplex(axis=0), bias_constraint=wc.Clip(-1, 1)),
 ])
-model.save(sys.argv[1])
-assert ("weight_constraints.adapters.keras" in sys.modules) == (sys.argv[2] == "import")
-print("RESULT {}")
+for path in sys.argv[2:]:
+    model.save(path)
+assert ("weight_constraints.adapters.keras" in sys.modules) == (sys.argv[1] == "import")
+print("RESULT []")
 """
 
 CORE_CLASSES = [
@@ -142,34 +152,37 @@ CORE_CLASSES = [
     "weight_constraints._objects.Simplex",
     "weight_constraints._objects.Clip",
 ]
+SAVERS = ["import", "no-import"]
+SUFFIXES = ["keras", "h5"]
 
 
-def run(script: str, path, mode: str) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(path), mode],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+@pytest.fixture(scope="module")
+def core_files(tmp_path_factory):
+    """Core objects saved as layer constraints by a process with the adapter and by one
+    without, in both formats, then loaded by a process without the adapter and by one with it:
+    ``{(saver, suffix): (path, loaded without, loaded with)}`` (four processes in all)."""
+    folder = tmp_path_factory.mktemp("core")
+    paths = {(s, suffix): folder / f"{s}.{suffix}" for s in SAVERS for suffix in SUFFIXES}
+    for saver in SAVERS:
+        run(SAVE_CORE, saver, *(paths[saver, suffix] for suffix in SUFFIXES))
+    without = run(LOAD, "no-import", *paths.values())
+    with_adapter = run(LOAD, "import", *paths.values())
+    return {
+        key: (path, a, b)
+        for (key, path), a, b in zip(paths.items(), without, with_adapter, strict=True)
+    }
 
 
-@pytest.mark.parametrize("suffix", ["keras", "h5"])
-@pytest.mark.parametrize("saver", ["import", "no-import"], ids=["saved-with", "saved-without"])
-def test_core_objects_never_load_as_keras_classes(tmp_path, saver, suffix):
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("saver", SAVERS, ids=["saved-with", "saved-without"])
+def test_core_objects_never_load_as_keras_classes(core_files, saver, suffix):
     """Core objects as layer constraints were saved as class_name 'MaxNorm' and loaded silently
     as keras.constraints.MaxNorm where the adapter was not imported by the loading (or the
     saving) process. Now: ours with the adapter, an error without it, whoever saved the file."""
-    path = tmp_path / f"model.{suffix}"
-    run(SAVE_CORE, path, saver)
-    without = run(LOAD, path, "no-import")
+    path, without, with_adapter = core_files[saver, suffix]
     assert "loaded" not in without, f"loaded silently as {without.get('loaded')}"
     assert "weight_constraints" in without["error"]
-    assert run(LOAD, path, "import")["loaded"] == CORE_CLASSES
+    assert with_adapter["loaded"] == CORE_CLASSES
     loaded = keras.saving.load_model(path)  # this process has the adapter
     first, second = loaded.layers
     assert (first.kernel_constraint, first.bias_constraint) == (wc.MaxNorm(2), wc.NonNeg())
