@@ -614,6 +614,22 @@ def speed_jobs(s: Settings) -> list[tuple[str, Callable[[], list[Row]]]]:
             lambda: [torch_bench.hook_row(*small, target_s=target * 2, **common)],
         ),
     ]
+    for layout in (big, (1, 64 if quick else 4096)):  # issue 19's GPU goals
+        jobs.append(
+            (
+                f"fused AdamW step, {layout[0]} × Linear({layout[1]}): fuse=True and the hook",
+                lambda layout=layout: torch_bench.step_rows(
+                    (layout,),
+                    repeats=s.repeats,
+                    target_s=target * 2,
+                    compile=False,
+                    device=s.device,
+                    sync=s.sync,
+                    optimizers=("AdamW",),
+                    modes=("fused=True",),
+                ),
+            )
+        )
     for kind in torch_bench.REFERENCES:
         for layout in layouts:
             jobs.append(

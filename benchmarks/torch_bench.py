@@ -351,17 +351,22 @@ STEP_GOAL = 1.05
 
 
 def _stepper(
-    count: int, width: int, make: Callable[..., torch.optim.Optimizer], mode: dict, constraint: Any
+    count: int,
+    width: int,
+    make: Callable[..., torch.optim.Optimizer],
+    mode: dict,
+    constraint: Any,
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.optim.Optimizer, Callable[[], object]]:
     """A fresh copy of ``count`` Linear layers (seeded: every copy holds the same values and
     gradients) and its optimizer, with the weights constrained by ``constraint`` through the
     hook (``"hook"``), ``fuse=True`` (``"fuse"``), or not at all (None); returns the optimizer and
     its step (compiled with ``mode["compiled"]``), after two steps (state made, plans bound)."""
-    layers = linear_layers(count, width, "cpu")
+    layers = linear_layers(count, width, device)
     generator = torch.Generator().manual_seed(1)
     parameters = [p for layer in layers for p in layer.parameters()]
     for p in parameters:
-        p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+        p.grad = (torch.randn(p.shape, generator=generator) * 1e-3).to(device)
     options = {k: v for k, v in mode.items() if k != "compiled" and k != "with"}
     optimizer = make(parameters, **options)
     if mode["with"] is not None:
@@ -376,10 +381,17 @@ def _stepper(
 
 
 def _step_row(
-    name: str, mode: str, count: int, width: int, kind: str, medians: dict[str, float]
+    name: str,
+    mode: str,
+    count: int,
+    width: int,
+    kind: str,
+    medians: dict[str, float],
+    device: str | torch.device = "cpu",
 ) -> Row:
     ratio = medians["step, fuse=True"] / medians["step"]
-    goal = mode != "fused=True"  # the issue's CPU goals: the foreach and compiled modes
+    # the issue's goals: on the CPU the foreach and compiled modes; on a GPU fused=True AdamW
+    goal = mode != "fused=True" or torch.device(device).type != "cpu"
     return Row(
         "step",
         f"{name} ({mode}), {count} × Linear({width}), {kind}",
@@ -396,12 +408,17 @@ CONTROL = "step (A/A′ control)"
 
 
 def _step_contenders(
-    count: int, width: int, make: Callable[..., torch.optim.Optimizer], options: dict, kind: str
+    count: int,
+    width: int,
+    make: Callable[..., torch.optim.Optimizer],
+    options: dict,
+    kind: str,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Callable[[], object]]:
     """The step alone, with the hook and with fuse=True, each on its own copy."""
     constraint = REFERENCES[kind].constraint
     return {
-        label: _stepper(count, width, make, {**options, "with": using}, constraint)[1]
+        label: _stepper(count, width, make, {**options, "with": using}, constraint, device)[1]
         for label, using in (("step", None), ("step + hook", "hook"), ("step, fuse=True", "fuse"))
     }
 
@@ -413,6 +430,10 @@ def step_rows(
     target_s: float = 0.05,
     compile: bool = True,
     kinds: tuple[str, ...] = tuple(REFERENCES),
+    device: str | torch.device = "cpu",
+    sync: Callable[[], object] | None = None,
+    optimizers: tuple[str, ...] = tuple(STEP_OPTIMIZERS),
+    modes: tuple[str, ...] = ("foreach", "fused=True"),
 ) -> list[Row]:
     """The constrained optimizer step against the same optimizer's unconstrained step in the
     same mode: SGD (momentum), Adam and AdamW over ``count`` Linear layers with the weights
@@ -420,28 +441,33 @@ def step_rows(
     and ``fused=True`` modes, and (with ``compile``, the first of ``kinds`` only, to bound the
     compile time) ``torch.compile(optimizer.step)`` with the hook traced in. Every contender has
     its own copy of the same parameters and gradients; the first row has an A/A' control (the
-    same unconstrained step on another copy) that shows the noise.
+    same unconstrained step on another copy) that shows the noise. ``device``, ``sync``,
+    ``optimizers`` and ``modes`` select the GPU rows of ``gpu.py``.
     """
     rows = []
-    modes: dict[str, dict] = {
+    all_modes: dict[str, dict] = {
         "foreach": {"foreach": True, "compiled": False},
         "fused=True": {"fused": True, "compiled": False},
     }
+    chosen = {mode: all_modes[mode] for mode in modes}
     if compile:
-        modes["compiled"] = {"foreach": True, "compiled": True}  # torch.compile(optimizer.step)
+        chosen["compiled"] = {"foreach": True, "compiled": True}  # torch.compile(optimizer.step)
     for count, width in layouts:
-        for name, make in STEP_OPTIMIZERS.items():
-            for mode, options in modes.items():
+        for name in optimizers:
+            make = STEP_OPTIMIZERS[name]
+            for mode, options in chosen.items():
                 for kind in kinds[:1] if options["compiled"] else kinds:
                     if options["compiled"]:
                         torch.compiler.reset()
-                    contenders = _step_contenders(count, width, make, options, kind)
+                    contenders = _step_contenders(count, width, make, options, kind, device)
                     if not rows:
                         plain = {**options, "with": None}
-                        contenders[CONTROL] = _stepper(count, width, make, plain, None)[1]
-                    medians, _ = interleaved_loops(contenders, repeats, target_s=target_s)
+                        contenders[CONTROL] = _stepper(count, width, make, plain, None, device)[1]
+                    medians, _ = interleaved_loops(
+                        contenders, repeats, target_s=target_s, sync=sync
+                    )
                     control = medians.pop(CONTROL, None)
-                    rows.append(_step_row(name, mode, count, width, kind, medians))
+                    rows.append(_step_row(name, mode, count, width, kind, medians, device))
                     if control is not None:
                         rows[-1].extra["A/A′ control: step again / step"] = (
                             control / medians["step"]

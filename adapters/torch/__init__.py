@@ -81,6 +81,7 @@ Where each concern lives (one module each):
   the system C compiler) and the probes that check them bit for bit against torch and the core;
 - ``_updates``, ``_fused``: the optimizer updates the kernels compute, and the fused step
   (``attach(optimizer, fuse=True)``): update and projection in one pass, in a step pre-hook;
+- ``_device``: the fused step on CUDA, one compiled update-and-projection per weight shape;
 - ``_project``: :func:`project_`, :func:`node_norms`, distributed tensors, the eager and
   compiled projections and the selection a fast-path call projects;
 - ``_registry``: :class:`Constraints`, the registry (its full check and fast path);

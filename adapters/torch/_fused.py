@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from . import _native
+from . import _device, _native
 from ._hooks import _tensor_guards
 from ._native import Native, Projection, projection, rows_and_cols
 from ._updates import refusal, signature, state_problem, unsupported, update
@@ -110,17 +110,28 @@ class _Plan:
         version: int,
         members: frozenset[int],
         optimizer: torch.optim.Optimizer,
-        native: Native,
+        native: Native | None,
     ) -> None:
         self.version, self.members = version, members
         where = {
             id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]
         }
         self.groups: dict[int, list[_Row]] = {}
+        self.device: dict[int, list[Registration]] = {}  # per group: for _device.step
         self.refused: dict[int, str] = {}
         for registration in registrations:
             p = registration.parameter
             if id(p) not in members:
+                continue
+            if p.device.type in _device.DEVICES:
+                problem = _device.layout_problem(registration)
+                if problem:
+                    self.refused[id(p)] = problem
+                else:
+                    self.device.setdefault(where[id(p)], []).append(registration)
+                continue
+            if native is None:
+                self.refused[id(p)] = _unavailable()
                 continue
             problem = _layout_problem(registration, native)
             if problem:
@@ -145,9 +156,10 @@ class FusedStep:
     """The fused step of one registry's hook on one optimizer: the step pre-hook
     (``__call__``), and :meth:`restore`, which the post-hook calls last."""
 
-    def __init__(self, hook: StepHook, native: Native) -> None:
+    def __init__(self, hook: StepHook, native: Native | None) -> None:
         self.hook, self.native = hook, native
         self.hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.left: dict[int, str] = {}  # tensors _device.step left to the hook, and why
         self.plan: _Plan | None = None
         self.handle: RemovableHandle | None = None
         self.checked: dict[int, tuple[list[int], Any]] = {}  # per group: see _gather
@@ -188,13 +200,39 @@ class FusedStep:
                 if reason:
                     continue
                 params, grads, shapes, projections = self._gather(optimizer, index, rows)
-                if not params:
+                if not params or self.native is None:
                     continue
                 update(self.native, optimizer, group, params, grads, shapes, projections, sqrt)
                 torch.autograd.graph.increment_version(params)  # written through their memory
                 for p, grad in zip(params, grads, strict=True):
                     hidden.append((p, grad))
                     p.grad = None
+            for index, registrations in plan.device.items():
+                self._fuse_on_device(optimizer, index, registrations)
+
+    def _fuse_on_device(
+        self, optimizer: torch.optim.Optimizer, index: int, registrations: list[Registration]
+    ) -> None:
+        """Update and project, through :mod:`._device`, the tensors of group ``index`` that
+        have a gradient and state it can take; hide their gradients."""
+        group = optimizer.param_groups[index]
+        if _device.refusal(group):
+            return
+        items = [
+            (p, grad, r.projected, r.view)
+            for r in registrations
+            if (grad := (p := r.parameter).grad) is not None
+            and _grad_fits(grad, p)
+            and not _device.state_problem(optimizer, group, p)
+        ]
+        left = _device.step(optimizer, group, items, compile=_device.COMPILE)
+        for p, grad, *_ in items:
+            if id(p) in left:
+                self.left[id(p)] = left[id(p)]
+                _warn_once(f"a {tuple(p.shape)} tensor is not fused ({left[id(p)]})")
+                continue
+            self.hidden.append((p, grad))
+            p.grad = None
 
     def _gather(self, optimizer: torch.optim.Optimizer, index: int, rows: list[_Row]) -> tuple:
         """The tensors of group ``index`` the kernels update at this step, their gradients,
@@ -257,6 +295,7 @@ class FusedStep:
         reason = unsupported(optimizer) or refusal(optimizer, group)
         if reason:
             return reason, 0
+        assert self.native is not None  # only groups with tensors the kernels take get here
         sqrt = 0
         if not group.get("fused") and type(optimizer) is not torch.optim.SGD:
             found = self.native.foreach_sqrt
@@ -284,6 +323,18 @@ class FusedStep:
         plan = self.current_plan(optimizer)
         if id(parameter) in plan.refused:
             return f"fuse=True: projected after the step ({plan.refused[id(parameter)]})"
+        for index, registrations in plan.device.items():
+            if any(r.parameter is parameter for r in registrations):
+                group = optimizer.param_groups[index]
+                grad = parameter.grad
+                problem = (
+                    _device.refusal(group)
+                    or _device.state_problem(optimizer, group, parameter)
+                    or self.left.get(id(parameter), "")
+                )
+                if not problem and grad is not None and not _grad_fits(grad, parameter):
+                    problem = "its gradient is not a contiguous tensor like the weight"
+                return f"fuse=True: projected after the step ({problem})" if problem else FUSED_NOTE
         for index, rows in plan.groups.items():
             if any(p is parameter for p, _, _ in rows):
                 reason, _ = self.group_mode(optimizer, optimizer.param_groups[index])
@@ -321,25 +372,35 @@ def start(hook: StepHook, optimizer: torch.optim.Optimizer) -> None:
     """Put the fused step on ``optimizer`` for ``hook`` (its post-hook), or say why not: a
     warning (once per reason) when the native kernels or the optimizer cannot be used, and the
     reason is kept for the audit (``hook.unfused``)."""
-    native = _native.library()
-    reason = (
-        f"the one-pass kernels cannot be used here ({_native.unavailable()})"
-        if native is None
-        else unsupported(optimizer)
-    )
-    if native is None or reason:
+    reason = unsupported(optimizer)
+    if reason:
         hook.unfused = reason
         _warn_once(reason)
         return
+    native = _native.library()
+    members = hook.members(optimizer)
+    if native is None and any(
+        id(r.parameter) in members and r.parameter.device.type not in _device.DEVICES
+        for r in hook.registry._registrations
+    ):
+        _warn_once(_unavailable())
     fused = FusedStep(hook, native)
+    registered = {id(r.parameter) for r in hook.registry._registrations}
     for index, group in enumerate(optimizer.param_groups):
-        problem, _ = fused.group_mode(optimizer, group)
+        on = {p.device.type in _device.DEVICES for p in group["params"] if id(p) in registered}
+        problem = _device.refusal(group) if True in on else ""
+        if not problem and False in on and native is not None:
+            problem, _ = fused.group_mode(optimizer, group)
         if problem:
             _warn_once(
                 f"param group {index} of the {type(optimizer).__name__} is not fused ({problem})"
             )
     hook.fused = fused
     fused.handle = optimizer.register_step_pre_hook(fused)
+
+
+def _unavailable() -> str:
+    return f"the one-pass kernels cannot be used here ({_native.unavailable()})"
 
 
 def fuse_note(hook: StepHook, optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> str:

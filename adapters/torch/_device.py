@@ -1,0 +1,331 @@
+"""The fused step off the CPU (``fuse=True`` on CUDA): one param group's optimizer update and
+projection written in torch operations that ``torch.compile`` turns into one kernel per tensor
+(Triton on CUDA), each node projected while its updated values are still in registers.
+
+The native kernels of :mod:`._native` fuse on the CPU; this path takes the tensors on the
+devices of :data:`DEVICES`. It is plain torch code, so the same function runs, and is tested,
+on the CPU (compiled by Inductor to C++, or eagerly). Its update is torch's (single-tensor
+arithmetic of ``torch.optim.SGD``, ``Adam`` and ``AdamW``, ``capturable`` and ``fused`` groups
+included) and its projection is the core's, so its results agree with "torch's step, then the
+hook" to within the rounding the compiler may change (not bit for bit, as the native kernels
+do); nodes inside the set keep the values the update wrote. Nothing reads a device value on the
+host: Adam's step counts are read only when torch keeps them on the CPU, and capturable groups
+compute their bias corrections on the device.
+
+Example:
+    >>> import torch
+    >>> from weight_constraints import MaxNorm
+    >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [0.3, 0.4]]))
+    >>> w.grad = torch.zeros_like(w)
+    >>> optimizer = torch.optim.SGD([w], lr=0.1)
+    >>> project = MaxNorm(1.0, axis=1)
+    >>> step(optimizer, optimizer.param_groups[0], [(w, w.grad, project, None)], compile=False)
+    {}
+    >>> w.detach()
+    tensor([[0.6000, 0.8000],
+            [0.3000, 0.4000]])
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._updates import KINDS
+
+if TYPE_CHECKING:
+    from ._entries import Registration
+
+__all__ = ["DEVICES", "layout_problem", "refusal", "state_problem", "step"]
+
+DEVICES: frozenset[str] = frozenset({"cuda"})
+"""The device types whose tensors take this path (the CPU's take the native kernels)."""
+
+COMPILE = True
+"""Whether :func:`step` runs its functions through ``torch.compile`` (False: eagerly, torch's
+arithmetic bit for bit, in one pass per operation)."""
+
+
+def layout_problem(registration: Registration) -> str:
+    """Why this path cannot update ``registration``'s tensor ("" when it can)."""
+    p = registration.parameter
+    if registration.dtensor:
+        return "a distributed tensor"
+    if p.dtype != torch.float32:
+        return f"{str(p.dtype).removeprefix('torch.')}, not float32"
+    if p.layout is not torch.strided or p.numel() == 0:
+        return "not a strided tensor with entries"
+    return ""
+
+
+def refusal(group: dict[str, Any]) -> str:
+    """What this path does not implement among ``group``'s options ("" when nothing)."""
+    for flag in ("differentiable", "amsgrad"):
+        if group.get(flag):
+            return f"{flag}=True is not implemented by fuse=True"
+    for name in ("lr", "weight_decay", "momentum", "dampening", "eps", "betas"):
+        value = group.get(name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, torch.Tensor) for v in values):
+            return f"a tensor {name} is not implemented by fuse=True (give Python numbers)"
+    return ""
+
+
+def _like(tensor: Any, p: torch.Tensor) -> bool:
+    return (
+        isinstance(tensor, torch.Tensor)
+        and tensor.layout is torch.strided
+        and (tensor.dtype, tensor.device, tensor.shape) == (p.dtype, p.device, p.shape)
+    )
+
+
+def state_problem(optimizer: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor) -> str:
+    """Why the state the optimizer holds for ``p`` cannot be updated here ("" when it can, or
+    when there is none yet)."""
+    state = optimizer.state.get(p)
+    if not state:
+        return ""
+    if KINDS[type(optimizer)] == "sgd":
+        buffer = state.get("momentum_buffer")
+        if buffer is None or _like(buffer, p):
+            return ""
+        return "its momentum buffer is not a tensor like the weight"
+    step_tensor = state.get("step")
+    on_device = bool(group.get("capturable") or group.get("fused"))
+    where = p.device if on_device else torch.device("cpu")
+    if not (isinstance(step_tensor, torch.Tensor) and step_tensor.numel() == 1) or (
+        step_tensor.device != where
+    ):
+        return f"its state's step is not a one-entry tensor on {where}"
+    if not (_like(state.get("exp_avg"), p) and _like(state.get("exp_avg_sq"), p)):
+        return "its exp_avg or exp_avg_sq is not a tensor like the weight"
+    return ""
+
+
+def _project_(p: torch.Tensor, project: Any, view: Any) -> None:
+    """Project ``p`` in place (viewed as ``view`` when not None) by its bound constraint."""
+    target = p if view is None else p.view(view)
+    project(target, out=target)
+
+
+def _sgd_one(
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    buffer: torch.Tensor | None,
+    first: bool,
+    project: Any,
+    view: Any,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    maximize: bool,
+) -> None:
+    """torch's single-tensor SGD on one tensor, then its projection (``first``: the momentum
+    buffer is new, and takes the gradient)."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g.add(p, alpha=weight_decay)
+    if buffer is not None:
+        if first:
+            buffer.copy_(g)
+        else:
+            buffer.mul_(momentum).add_(g, alpha=1 - dampening)
+        g = g.add(buffer, alpha=momentum) if nesterov else buffer
+    p.add_(g, alpha=-lr)
+    _project_(p, project, view)
+
+
+def _adam_one(
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    count: Any,
+    project: Any,
+    view: Any,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    maximize: bool,
+    wide: bool,
+) -> None:
+    """torch's single-tensor Adam/AdamW on one tensor, then its projection; ``count``: the
+    incremented step, a Python number or (capturable, fused groups) a tensor on the device,
+    whose bias corrections are computed in float64 with ``wide`` (as torch's fused kernels
+    compute them; capturable groups compute them in the step's dtype)."""
+    if wide:
+        count = count.double()
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            p.mul_(1 - lr * weight_decay)
+        else:
+            g = g.add(p, alpha=weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1**count)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2**count) ** 0.5).add_(eps)
+    p.addcdiv_(exp_avg, denom, value=-step_size)
+    _project_(p, project, view)
+
+
+_ONE: dict[str, Callable[..., None]] = {"sgd": _sgd_one, "adam": _adam_one}
+
+
+@functools.cache
+def _compiled(kind: str, signature: tuple) -> Any:
+    """The one-tensor function of ``kind`` through ``torch.compile`` for one call signature
+    (see :func:`_signature`), made on first use. Each signature gets a copy of the function's
+    code: dynamo keeps its compiled code, guards and recompile limit per code object, and one
+    object for all the shapes and constraints of a model would make their ints dynamic (which
+    the core's checks of an axis cannot take) and reach the limit. Within a signature only the
+    floats change (not specialised after their first change: a scheduler recompiles once)."""
+    function = _ONE[kind]
+    code = function.__code__.replace(co_name=f"{function.__name__}_{len(_PROBED)}")
+    copy: Callable[..., None] = types.FunctionType(code, function.__globals__, code.co_name)
+    return torch.compile(copy, fullgraph=True)
+
+
+_PROBED: dict[tuple, str] = {}
+"""What the probe found for each signature of a call (see :func:`_probe`): "" when the compiled
+function agrees with the eager one, otherwise why it is not used."""
+
+
+def _signature(kind: str, args: tuple) -> tuple:
+    """What decides the code the compiler makes for one call: the tensors' metadata, the
+    constraint and view, and the flags (not the float values)."""
+
+    def described(a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            return (tuple(a.shape), a.stride(), a.dtype, a.device)
+        return float if isinstance(a, float) else a
+
+    return (kind, *(described(a) for a in args))
+
+
+def _probe(kind: str, args: tuple) -> str:
+    """Run the compiled function on copies of ``args``' tensors and compare it with the eager
+    one: "" when they agree to within float32 rounding, else why the compiled one is not used.
+    The copies are of the tensors of this call, so the code compared is the code that runs."""
+    copies = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in (0, 1)]
+    try:
+        _compiled(kind, _signature(kind, args))(*copies[0])
+    except Exception as error:  # any failure of the compiler: the hook path takes the tensor
+        return f"torch.compile could not build the fused update ({type(error).__name__})"
+    _ONE[kind](*copies[1])
+    for a, b in zip(copies[0], copies[1], strict=True):
+        if isinstance(a, torch.Tensor) and not torch.allclose(
+            a, b, rtol=1e-5, atol=1e-6, equal_nan=True
+        ):
+            worst = float((a - b).abs().nan_to_num().max())
+            return f"the compiled update disagrees with torch's by {worst:.3g}"
+    return ""
+
+
+def _call(kind: str, args: tuple, compile: bool) -> str:
+    """One tensor's update and projection; "" when done, else why not (nothing written)."""
+    if not compile:
+        _ONE[kind](*args)
+        return ""
+    key = _signature(kind, args)
+    if key not in _PROBED:
+        _PROBED[key] = _probe(kind, args)
+    if _PROBED[key]:
+        return _PROBED[key]
+    _compiled(kind, key)(*args)
+    return ""
+
+
+def _adam_state(group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+    """The state Adam's ``_init_group`` makes on the first step, where it makes it."""
+    on_device = bool(group.get("capturable") or group.get("fused"))
+    return {
+        "step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
+
+
+def _sgd_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> list:
+    """The arguments of :func:`_sgd_one` for each ``(p, grad, project, view)`` of ``items``."""
+    state, momentum = optimizer.state, group["momentum"] != 0
+    numbers = [float(group[name]) for name in ("lr", "weight_decay", "momentum", "dampening")]
+    flags = bool(group.get("nesterov")), bool(group.get("maximize"))
+    calls = []
+    for p, grad, project, view in items:
+        buffer = state[p].get("momentum_buffer") if momentum else None
+        first = momentum and buffer is None
+        if first:
+            buffer = torch.empty_like(p)
+        calls.append((p, grad, buffer, first, project, view, *numbers, *flags))
+    return calls
+
+
+def _adam_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> list:
+    """The arguments of :func:`_adam_one` for each ``(p, grad, project, view)`` of ``items``,
+    each step count incremented: read on the host where torch keeps it on the CPU, a tensor on
+    the device for capturable and fused groups (their bias corrections are computed there)."""
+    state = optimizer.state
+    for p, *_ in items:
+        if not state[p]:
+            state[p].update(_adam_state(group, p))
+    counts: list[Any] = [state[p]["step"] for p, *_ in items]
+    torch._foreach_add_(counts, 1.0)
+    if not (group.get("capturable") or group.get("fused")):  # CPU tensors, as torch reads them
+        counts = [float(c) for c in counts]
+    beta1, beta2 = (float(b) for b in group["betas"])
+    decoupled = bool(group.get("decoupled_weight_decay", type(optimizer) is torch.optim.AdamW))
+    lr, eps, weight_decay = (float(group[k]) for k in ("lr", "eps", "weight_decay"))
+    flags = decoupled, bool(group.get("maximize")), bool(group.get("fused"))
+    scalars = (lr, beta1, beta2, eps, weight_decay, *flags)
+    return [
+        (p, grad, state[p]["exp_avg"], state[p]["exp_avg_sq"], count, project, view, *scalars)
+        for (p, grad, project, view), count in zip(items, counts, strict=True)
+    ]
+
+
+def step(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    items: Sequence[tuple[torch.Tensor, torch.Tensor, Any, Any]],
+    *,
+    compile: bool = True,
+) -> dict[int, str]:
+    """One step of ``optimizer`` (its type in :data:`~._updates.KINDS`) over the
+    ``(parameter, gradient, bound core constraint, view)`` of ``items`` in ``group``, each
+    tensor projected by its constraint (on the shape ``view`` when not None), the state kept
+    in ``optimizer.state`` with torch's keys; through ``torch.compile`` with ``compile``.
+
+    Returns:
+        Why each tensor (by ``id``) was not updated: its compiled update failed its probe (see
+        :func:`_probe`); the caller leaves those to torch's step and the hook. Their state is
+        as torch would make it (an Adam step count is not incremented for them).
+    """
+    kind = KINDS[type(optimizer)]
+    with torch.no_grad():
+        return _step(kind, optimizer, group, list(items), compile)
+
+
+def _step(
+    kind: str, optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list, compile: bool
+) -> dict[int, str]:
+    calls = (_sgd_calls if kind == "sgd" else _adam_calls)(optimizer, group, items)
+    left: dict[int, str] = {}
+    for args in calls:
+        reason = _call(kind, args, compile)
+        if reason:
+            left[id(args[0])] = reason
+            if kind == "adam":  # torch's step increments it again
+                optimizer.state[args[0]]["step"].sub_(1)
+        elif kind == "sgd" and args[2] is not None:
+            optimizer.state[args[0]]["momentum_buffer"] = args[2]
+    return left
