@@ -241,7 +241,11 @@ def _call(kind: str, args: tuple, compile: bool) -> str:
         _PROBED[key] = _probe(kind, args)
     if _PROBED[key]:
         return _PROBED[key]
-    _compiled(kind, key)(*args)
+    try:  # a recompile (a float's first change) that fails raises before anything is written
+        _compiled(kind, key)(*args)
+    except torch._dynamo.exc.TorchDynamoException as error:
+        _PROBED[key] = f"torch.compile could not build the fused update ({type(error).__name__})"
+        return _PROBED[key]
     return ""
 
 

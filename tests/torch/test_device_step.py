@@ -134,6 +134,33 @@ def test_compiled_it_agrees_with_the_step_then_the_hook():
         assert kind != "sgd" or not reason  # plain SGD compiles on this build
 
 
+def test_a_recompile_that_fails_hands_the_tensor_to_the_hook(monkeypatch):
+    """The probe passed and a step ran compiled; the next call recompiles (a float's first
+    change) and fails: the tensor takes the hook path from then on, the failed call having
+    written nothing."""
+    calls: dict[tuple, int] = {}
+
+    def compiled(kind, signature):
+        def run(*args):
+            calls[signature] = calls.get(signature, 0) + 1
+            if calls[signature] > 2:  # the probe and the first step build; the next does not
+                raise torch._dynamo.exc.Unsupported("recompile")
+            _device._ONE[kind](*args)
+
+        return run
+
+    monkeypatch.setattr(_device, "COMPILE", True)
+    monkeypatch.setattr(_device, "_compiled", compiled)
+    hooked, _ = train(OPTIMIZERS["sgd-momentum"], wc.MaxNorm(0.5), fuse=False)
+    with pytest.warns(UserWarning, match="Unsupported"):
+        fused, optimizer = train(OPTIMIZERS["sgd-momentum"], wc.MaxNorm(0.5), fuse=True)
+    assert_same(hooked, fused)
+    assert "Unsupported" in str(audit(fused, optimizer))
+    # the first step's signature (a new momentum buffer): probe and step; the next one's:
+    # probe, one step, the failed call
+    assert sorted(set(calls.values())) == [2, 3]
+
+
 @pytest.mark.parametrize("failure", ["raises", "wrong"])
 def test_a_compiled_update_that_fails_its_probe_writes_nothing(monkeypatch, failure):
     def compiled(kind, signature):
