@@ -94,6 +94,20 @@ def interleaved_loops(
     return {name: statistics.median(values) for name, values in times.items()}, calls
 
 
+COMPILED = "ours, compile=True"
+
+
+def compile_extra(medians: dict[str, float]) -> dict[str, float]:
+    """The compiled contender's ratios to the hand-written loop and to the eager registry
+    (empty when the row has no compiled contender)."""
+    if COMPILED not in medians:
+        return {}
+    return {
+        "compile=True / hand-written": medians[COMPILED] / medians["hand-written"],
+        "compile=True / eager": medians[COMPILED] / medians["ours"],
+    }
+
+
 def seconds(value: float) -> str:
     """``value`` seconds in s, ms or µs, to three significant figures or so."""
     if value >= 1:

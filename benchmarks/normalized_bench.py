@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from _timing import Row, interleaved_loops
+from _timing import COMPILED, Row, compile_extra, interleaved_loops
 from torch import nn
 
 import weight_constraints as wc
@@ -150,16 +150,10 @@ def normalized_rows(
             torch.compiler.reset()  # compiled for these tensors alone, as in a fresh process
             compiled = _registry(model, recipe, compile=True)
             compiled.apply()  # compiles (seconds)
-            contenders["ours, compile=True"] = compiled.apply
+            contenders[COMPILED] = compiled.apply
         medians, _ = interleaved_loops(contenders, repeats, target_s=target_s, sync=sync)
         ratio = medians["ours"] / medians["hand-written"]
-        extra = {}
-        if "ours, compile=True" in medians:
-            extra = {
-                "compile=True / hand-written": medians["ours, compile=True"]
-                / medians["hand-written"],
-                "compile=True / eager": medians["ours, compile=True"] / medians["ours"],
-            }
+        extra = compile_extra(medians)
         rows.append(
             Row(
                 section,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _timing import Row, interleaved, interleaved_loops
+from _timing import COMPILED, Row, compile_extra, interleaved, interleaved_loops
 from torch import nn
 
 import weight_constraints as wc
@@ -132,16 +132,10 @@ def registry_rows(
                 for layer in layers:
                     compiled.add(layer, kernel=reference.constraint)
                 compiled.apply()  # compiles (seconds)
-                contenders["ours, compile=True"] = compiled.apply
+                contenders[COMPILED] = compiled.apply
             medians, _ = interleaved_loops(contenders, repeats, target_s=target_s, sync=sync)
             ratio = medians["ours"] / medians["hand-written"]
-            extra = {}
-            if "ours, compile=True" in medians:
-                extra = {
-                    "compile=True / hand-written": medians["ours, compile=True"]
-                    / medians["hand-written"],
-                    "compile=True / eager": medians["ours, compile=True"] / medians["ours"],
-                }
+            extra = compile_extra(medians)
             rows.append(
                 Row(
                     section,

@@ -10,7 +10,11 @@ included) and its projection is the core's, so its results agree with "torch's s
 hook" to within the rounding the compiler may change (not bit for bit, as the native kernels
 do); nodes inside the set keep the values the update wrote. Nothing reads a device value on the
 host: Adam's step counts are read only when torch keeps them on the CPU, and capturable groups
-compute their bias corrections on the device.
+compute their bias corrections on the device. Inductor's C++ backend (torch 2.13, still 2.14)
+fails to build the updates that keep state (momentum SGD, Adam: pytorch/pytorch#196570) and
+its code for one variant wrote wrong values: the probe exists for such builds. A tensor whose
+compiled update fails its probe is updated by the same function eagerly (torch's arithmetic, one
+pass per operation): slower, the same numbers.
 
 Example:
     >>> import torch
@@ -219,8 +223,8 @@ def _probe(kind: str, args: tuple) -> str:
     copies = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in (0, 1)]
     try:
         _compiled(kind, _signature(kind, args))(*copies[0])
-    except Exception as error:  # any failure of the compiler: the hook path takes the tensor
-        return f"torch.compile could not build the fused update ({type(error).__name__})"
+    except Exception as error:  # any failure of the compiler: the eager function takes it
+        return _failed(error)
     _ONE[kind](*copies[1])
     for a, b in zip(copies[0], copies[1], strict=True):
         if isinstance(a, torch.Tensor) and not torch.allclose(
@@ -231,22 +235,27 @@ def _probe(kind: str, args: tuple) -> str:
     return ""
 
 
+def _failed(error: Exception) -> str:
+    return f"torch.compile could not build the fused update ({type(error).__name__})"
+
+
 def _call(kind: str, args: tuple, compile: bool) -> str:
-    """One tensor's update and projection; "" when done, else why not (nothing written)."""
+    """One tensor's update and projection: compiled where the probe of its signature passed,
+    eagerly otherwise; "" when compiled (or not asked to), else why it ran eagerly."""
     if not compile:
         _ONE[kind](*args)
         return ""
     key = _signature(kind, args)
     if key not in _PROBED:
         _PROBED[key] = _probe(kind, args)
-    if _PROBED[key]:
-        return _PROBED[key]
-    try:  # a recompile (a float's first change) that fails raises before anything is written
-        _compiled(kind, key)(*args)
-    except torch._dynamo.exc.TorchDynamoException as error:
-        _PROBED[key] = f"torch.compile could not build the fused update ({type(error).__name__})"
-        return _PROBED[key]
-    return ""
+    if not _PROBED[key]:
+        try:  # a recompile (a float's first change) that fails raises before writing anything
+            _compiled(kind, key)(*args)
+            return ""
+        except torch._dynamo.exc.TorchDynamoException as error:
+            _PROBED[key] = _failed(error)
+    _ONE[kind](*args)
+    return _PROBED[key]
 
 
 def _adam_state(group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
@@ -310,9 +319,8 @@ def step(
     in ``optimizer.state`` with torch's keys; through ``torch.compile`` with ``compile``.
 
     Returns:
-        Why each tensor (by ``id``) was not updated: its compiled update failed its probe (see
-        :func:`_probe`); the caller leaves those to torch's step and the hook. Their state is
-        as torch would make it (an Adam step count is not incremented for them).
+        Why each tensor (by ``id``) was updated eagerly, not compiled: its compiled update
+        failed its probe (see :func:`_probe`) or a recompile; every tensor is updated.
     """
     kind = KINDS[type(optimizer)]
     with torch.no_grad():
@@ -323,13 +331,11 @@ def _step(
     kind: str, optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list, compile: bool
 ) -> dict[int, str]:
     calls = (_sgd_calls if kind == "sgd" else _adam_calls)(optimizer, group, items)
-    left: dict[int, str] = {}
+    eager: dict[int, str] = {}
     for args in calls:
         reason = _call(kind, args, compile)
         if reason:
-            left[id(args[0])] = reason
-            if kind == "adam":  # torch's step increments it again
-                optimizer.state[args[0]]["step"].sub_(1)
-        elif kind == "sgd" and args[2] is not None:
+            eager[id(args[0])] = reason
+        if kind == "sgd" and args[2] is not None:
             optimizer.state[args[0]]["momentum_buffer"] = args[2]
-    return left
+    return eager

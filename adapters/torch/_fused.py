@@ -1,23 +1,27 @@
-"""The fused optimizer step (``attach(optimizer, fuse=True)``): a step pre-hook that updates and
-projects the registered tensors it can in one pass each, through the native kernels, and leaves
-everything else to the optimizer's step and the registry's post-hook.
+"""The fused optimizer step (``attach(optimizer, fuse=True)``): the registered tensors it can
+take are updated and projected in one pass each (through the native kernels on the CPU, through
+:mod:`._device` on CUDA); everything else is left to the optimizer's step and the registry's
+post-hook.
 
-For each registered tensor it fuses, the pre-hook runs the optimizer's update (torch's
-arithmetic for the group's mode, operation by operation) and projects each node while its new
-values are still in cache, then hides the tensor's ``.grad`` so that torch's step skips it; the
-post-hook projects the other tensors, then gives the gradients back. The results are those of
-"torch's step, then the hook", bit for bit (the probes of :mod:`._probes` check it on this
-machine before anything is fused), so a tensor that is not fused changes the speed only.
+The step pre-hook chooses the tensors it fuses and hides their ``.grad``, so that torch's step
+skips them; after the step, the post-hook projects the other tensors, then runs, for each fused
+tensor, the optimizer's update (torch's arithmetic for the group's mode, operation by operation)
+and projects each node while its new values are still in cache, then gives the gradients back.
+Nothing is written before torch's step: when it raises, the fused tensors are as they were. On
+the CPU the results are those of "torch's step, then the hook", bit for bit (the probes of
+:mod:`._probes` check it on this machine before anything is fused), so a tensor that is not
+fused changes the speed only.
 
-A tensor is fused when the native library is available, the optimizer is exactly
+On the CPU a tensor is fused when the native library is available, the optimizer is exactly
 ``torch.optim.SGD``, ``Adam`` or ``AdamW`` with options the kernels implement, the tensor is a
-contiguous float32 CPU tensor whose nodes are its trailing dims with an exact ``MaxNorm``,
+contiguous float32 tensor whose nodes are its trailing dims with an exact ``MaxNorm``,
 ``UnitNorm`` or ``MinMaxNorm``, and at the step its gradient and optimizer state are contiguous
-tensors like it. When the registry's guard does not hold (the first step, a replaced parameter,
-a new dtype...), the pre-hook runs the registry's full check first, so that what raises raises
-before anything is written. A step given ``grad_scale``/``found_inf`` (``GradScaler`` with a
-``fused=True`` optimizer) is not fused. Under ``torch.compile(optimizer.step)`` the pre-hook
-runs eagerly (a graph break) and the compiled step updates the rest.
+tensors like it (on CUDA: see :mod:`._device`). When the registry's guard does not hold (the
+first step, a replaced parameter, a new dtype...), the pre-hook runs the registry's full check
+first, so that what raises raises before anything is written. A step given
+``grad_scale``/``found_inf`` (``GradScaler`` with a ``fused=True`` optimizer) is not fused.
+Under ``torch.compile(optimizer.step)`` the fused updates run eagerly (graph breaks) and the
+compiled step updates the rest.
 
 Between the pre-hook and the post-hook the fused tensors' ``.grad`` is ``None``: a step
 post-hook registered before the registry's sees that.
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = ["FusedStep", "fuse_note", "start"]
 
 FUSED_NOTE = "updated and projected in one pass (fuse=True)"
+EAGER_NOTE = "fuse=True: updated and projected by torch operations, not compiled"
 
 _PROBED: dict[tuple, str] = {}
 """What the update probe found for each signature of a group (see :func:`._updates.signature`),
@@ -159,7 +164,8 @@ class FusedStep:
     def __init__(self, hook: StepHook, native: Native | None) -> None:
         self.hook, self.native = hook, native
         self.hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.left: dict[int, str] = {}  # tensors _device.step left to the hook, and why
+        self.pending: list[tuple[int, bool, tuple]] = []  # (group, on a device, work): see run
+        self.eager: dict[int, str] = {}  # tensors _device.step updated eagerly, and why
         self.plan: _Plan | None = None
         self.handle: RemovableHandle | None = None
         self.checked: dict[int, tuple[list[int], Any]] = {}  # per group: see _gather
@@ -167,6 +173,7 @@ class FusedStep:
     @torch.compiler.disable
     def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         self.restore()  # a step that raised may have left gradients hidden
+        self.pending = []
         if self.hook.attached() is None:  # the post-hook was removed: so is the pre-hook
             if self.handle is not None:
                 self.handle.remove()
@@ -187,52 +194,62 @@ class FusedStep:
         return result
 
     def _fuse(self, optimizer: torch.optim.Optimizer) -> None:
+        """Choose what the post-hook updates (:meth:`run`) and hide its gradients from the step.
+        Nothing is written before the step: if it raises, the fused tensors are as they were
+        (their gradients given back by the next step's pre-hook)."""
         registry = self.hook.registry
         guard = registry._guard
         if guard is None or not guard.holds():  # the full check, before anything is written
             registry._full_check(self.hook.members(optimizer), self.hook)
         plan = self.current_plan(optimizer)
-        hidden = self.hidden
-        with torch.no_grad():
-            for index, rows in plan.groups.items():
-                group = optimizer.param_groups[index]
-                reason, sqrt = self.group_mode(optimizer, group)
-                if reason:
-                    continue
-                params, grads, shapes, projections = self._gather(optimizer, index, rows)
-                if not params or self.native is None:
-                    continue
-                update(self.native, optimizer, group, params, grads, shapes, projections, sqrt)
-                torch.autograd.graph.increment_version(params)  # written through their memory
-                for p, grad in zip(params, grads, strict=True):
-                    hidden.append((p, grad))
-                    p.grad = None
-            for index, registrations in plan.device.items():
-                self._fuse_on_device(optimizer, index, registrations)
-
-    def _fuse_on_device(
-        self, optimizer: torch.optim.Optimizer, index: int, registrations: list[Registration]
-    ) -> None:
-        """Update and project, through :mod:`._device`, the tensors of group ``index`` that
-        have a gradient and state it can take; hide their gradients."""
-        group = optimizer.param_groups[index]
-        if _device.refusal(group):
-            return
-        items = [
-            (p, grad, r.projected, r.view)
-            for r in registrations
-            if (grad := (p := r.parameter).grad) is not None
-            and _grad_fits(grad, p)
-            and not _device.state_problem(optimizer, group, p)
-        ]
-        left = _device.step(optimizer, group, items, compile=_device.COMPILE)
-        for p, grad, *_ in items:
-            if id(p) in left:
-                self.left[id(p)] = left[id(p)]
-                _warn_once(f"a {tuple(p.shape)} tensor is not fused ({left[id(p)]})")
+        for index, rows in plan.groups.items():
+            reason, sqrt = self.group_mode(optimizer, optimizer.param_groups[index])
+            if reason or self.native is None:
                 continue
+            params, grads, shapes, projections = self._gather(optimizer, index, rows)
+            if params:
+                self._hide(params, grads)
+                self.pending.append((index, False, (params, grads, shapes, projections, sqrt)))
+        for index, registrations in plan.device.items():
+            group = optimizer.param_groups[index]
+            if _device.refusal(group):
+                continue
+            items = [
+                (p, grad, r.projected, r.view)
+                for r in registrations
+                if (grad := (p := r.parameter).grad) is not None
+                and _grad_fits(grad, p)
+                and not _device.state_problem(optimizer, group, p)
+            ]
+            if items:
+                self._hide([p for p, *_ in items], [grad for _, grad, *_ in items])
+                self.pending.append((index, True, (items,)))
+
+    def _hide(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        for p, grad in zip(params, grads, strict=True):
             self.hidden.append((p, grad))
             p.grad = None
+
+    @torch.compiler.disable
+    def run(self, optimizer: torch.optim.Optimizer) -> None:
+        """Update and project what the pre-hook chose (the post-hook calls it after the step):
+        through the native kernels on the CPU, through :mod:`._device` on its devices."""
+        pending, self.pending = self.pending, []
+        with torch.no_grad():
+            for index, on_device, work in pending:
+                group = optimizer.param_groups[index]
+                if on_device:
+                    (items,) = work
+                    eager = _device.step(optimizer, group, items, compile=_device.COMPILE)
+                    for p, *_ in items:
+                        if id(p) in eager:
+                            self.eager[id(p)] = eager[id(p)]
+                            _warn_eager(tuple(p.shape), eager[id(p)])
+                    continue
+                params, grads, shapes, projections, sqrt = work
+                assert self.native is not None  # only chosen with the kernels
+                update(self.native, optimizer, group, params, grads, shapes, projections, sqrt)
+                torch.autograd.graph.increment_version(params)  # written through their memory
 
     def _gather(self, optimizer: torch.optim.Optimizer, index: int, rows: list[_Row]) -> tuple:
         """The tensors of group ``index`` the kernels update at this step, their gradients,
@@ -327,14 +344,15 @@ class FusedStep:
             if any(r.parameter is parameter for r in registrations):
                 group = optimizer.param_groups[index]
                 grad = parameter.grad
-                problem = (
-                    _device.refusal(group)
-                    or _device.state_problem(optimizer, group, parameter)
-                    or self.left.get(id(parameter), "")
-                )
+                problem = _device.refusal(group)
+                problem = problem or _device.state_problem(optimizer, group, parameter)
                 if not problem and grad is not None and not _grad_fits(grad, parameter):
                     problem = "its gradient is not a contiguous tensor like the weight"
-                return f"fuse=True: projected after the step ({problem})" if problem else FUSED_NOTE
+                if problem:
+                    return f"fuse=True: projected after the step ({problem})"
+                if id(parameter) in self.eager:
+                    return f"{EAGER_NOTE} ({self.eager[id(parameter)]})"
+                return FUSED_NOTE
         for index, rows in plan.groups.items():
             if any(p is parameter for p, _, _ in rows):
                 reason, _ = self.group_mode(optimizer, optimizer.param_groups[index])
@@ -397,6 +415,16 @@ def start(hook: StepHook, optimizer: torch.optim.Optimizer) -> None:
             )
     hook.fused = fused
     fused.handle = optimizer.register_step_pre_hook(fused)
+
+
+@functools.cache
+def _warn_eager(shape: tuple[int, ...], reason: str) -> None:
+    warnings.warn(
+        f"fuse=True: a {shape} tensor is updated and projected without compiling ({reason}): "
+        "torch's arithmetic, the same numbers, at more than the unfused step's cost",
+        UserWarning,
+        stacklevel=5,
+    )
 
 
 def _unavailable() -> str:

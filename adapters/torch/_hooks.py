@@ -44,9 +44,10 @@ class StepHook:
     """The step post-hook of one registry on one optimizer. It knows its registry (for
     :func:`~.audit`) and caches which tensors the optimizer holds (recomputed when the tensors
     in the param groups change). Attached with ``fuse=True``, it has a :class:`~._fused.FusedStep`
-    (``fused``), whose pre-hook updated some tensors already and hid their gradients: the
-    post-hook gives them back after projecting the others; ``unfused`` says why fuse=True was
-    asked and not granted."""
+    (``fused``), whose pre-hook hid the gradients of the tensors it updates: the post-hook
+    projects the others, has it update and project those (after the step, so that nothing is
+    written when the step raises), then gives the gradients back; ``unfused`` says why
+    fuse=True was asked and not granted."""
 
     def __init__(self, registry: Constraints, optimizer: torch.optim.Optimizer) -> None:
         self.registry = registry
@@ -81,6 +82,7 @@ class StepHook:
             return
         try:  # the fused tensors have no gradient now: the projection passes them over
             self.registry._step(optimizer, self)
+            self.fused.run(optimizer)
         finally:
             self.fused.restore()
 

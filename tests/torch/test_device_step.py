@@ -1,8 +1,8 @@
 """``fuse=True`` off the CPU (:mod:`weight_constraints.adapters.torch._device`), tested on the CPU:
 the CPU is made one of its devices here, so CPU tensors take the path CUDA tensors take. Eagerly,
 its update is torch's bit for bit; compiled, it agrees to within rounding where the compiler's
-code passes the probe, and leaves the tensor to torch's step and the hook (with a warning and
-the audit's note) where it does not. Nothing here needs a GPU; CUDA itself is untested here."""
+code passes the probe, and runs eagerly (with a warning and the audit's note) where it does
+not. Nothing here needs a GPU; CUDA itself is untested here."""
 
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ def test_parameters_without_gradient_are_left_alone():
 def test_compiled_it_agrees_with_the_step_then_the_hook():
     """Compiled with Inductor: fused where the probe passes (SGD on this build), to within
     rounding; where torch.compile fails or disagrees (Adam on this build's C++ backend), the
-    tensor takes the hook path, with a warning and the audit's reason. Either way the results
-    are the hook's. (One weight per optimizer: each compile takes seconds.)"""
+    update runs eagerly, with a warning and the audit's reason. Either way the results are the
+    hook's. (One weight per optimizer: each compile takes seconds.)"""
     _device.COMPILE = True
     for name, kind in (("sgd-plain-maximize", "sgd"), ("adamw-foreach", "adam")):
         runs = []
@@ -134,10 +134,9 @@ def test_compiled_it_agrees_with_the_step_then_the_hook():
         assert kind != "sgd" or not reason  # plain SGD compiles on this build
 
 
-def test_a_recompile_that_fails_hands_the_tensor_to_the_hook(monkeypatch):
+def test_a_recompile_that_fails_runs_the_update_eagerly(monkeypatch):
     """The probe passed and a step ran compiled; the next call recompiles (a float's first
-    change) and fails: the tensor takes the hook path from then on, the failed call having
-    written nothing."""
+    change) and fails having written nothing: the update runs eagerly from then on."""
     calls: dict[tuple, int] = {}
 
     def compiled(kind, signature):
@@ -162,7 +161,7 @@ def test_a_recompile_that_fails_hands_the_tensor_to_the_hook(monkeypatch):
 
 
 @pytest.mark.parametrize("failure", ["raises", "wrong"])
-def test_a_compiled_update_that_fails_its_probe_writes_nothing(monkeypatch, failure):
+def test_a_compiled_update_that_fails_its_probe_runs_eagerly(monkeypatch, failure):
     def compiled(kind, signature):
         def run(p, *args):
             if failure == "raises":
@@ -175,9 +174,9 @@ def test_a_compiled_update_that_fails_its_probe_writes_nothing(monkeypatch, fail
     monkeypatch.setattr(_device, "COMPILE", True)
     monkeypatch.setattr(_device, "_compiled", compiled)
     hooked, _ = train(OPTIMIZERS["adamw-foreach"], wc.MaxNorm(0.5), fuse=False)
-    with pytest.warns(UserWarning, match="not fused") as caught:
+    with pytest.warns(UserWarning, match="without compiling") as caught:
         fused, optimizer = train(OPTIMIZERS["adamw-foreach"], wc.MaxNorm(0.5), fuse=True)
-    assert_same(hooked, fused)  # the hook path, bit for bit: the probe wrote only copies
+    assert_same(hooked, fused)  # eagerly, bit for bit: the probe wrote only copies
     expected = "RuntimeError" if failure == "raises" else "disagrees with torch's by 0.001"
     assert any(expected in str(w.message) for w in caught)
     assert expected in str(audit(fused, optimizer))

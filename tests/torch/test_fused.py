@@ -390,3 +390,30 @@ def test_a_step_with_a_grad_scale_takes_the_hook_path(kernels):
         runs.append(layers)
     assert_same(*runs)
     assert kernels == [6]  # the first step only
+
+
+def test_a_step_that_raises_leaves_the_fused_tensors_as_they_were(kernels):
+    """The fused tensors are updated after torch's step: when it raises (Adam and a sparse
+    gradient elsewhere in the group), they are unchanged, and their gradients come back."""
+    layers = model()
+    extra = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([*layers.parameters(), extra], lr=0.05)
+    constrain(layers, optimizer, kernel=wc.MaxNorm(0.5), fuse=True)
+    gradients(layers, 0)
+    optimizer.step()  # the first step: the full check
+    before = copy.deepcopy(layers.state_dict())
+    gradients(layers, 1)
+    extra.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        optimizer.step()
+    assert_same_state(before, layers.state_dict())
+    extra.grad = torch.ones(3)
+    gradients(layers, 1)
+    optimizer.step()
+    assert layers[0].weight.grad is not None
+    assert kernels[-1] == 3  # the three weights fused again
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    for (name, x), y in zip(a.items(), b.values(), strict=True):
+        assert same_bits(x, y), name
