@@ -1,20 +1,24 @@
-"""The fused step off the CPU (``fuse=True`` on CUDA): one param group's optimizer update and
-projection written in torch operations that ``torch.compile`` turns into one kernel per tensor
+"""The fused step off the CPU (``fuse=True`` on CUDA): each tensor's optimizer update and
+projection in one function of torch operations that ``torch.compile`` turns into one kernel
 (Triton on CUDA), each node projected while its updated values are still in registers.
 
 The native kernels of :mod:`._native` fuse on the CPU; this path takes the tensors on the
 devices of :data:`DEVICES`. It is plain torch code, so the same function runs, and is tested,
-on the CPU (compiled by Inductor to C++, or eagerly). Its update is torch's (single-tensor
-arithmetic of ``torch.optim.SGD``, ``Adam`` and ``AdamW``, ``capturable`` and ``fused`` groups
-included) and its projection is the core's, so its results agree with "torch's step, then the
-hook" to within the rounding the compiler may change (not bit for bit, as the native kernels
-do); nodes inside the set keep the values the update wrote. Nothing reads a device value on the
-host: Adam's step counts are read only when torch keeps them on the CPU, and capturable groups
-compute their bias corrections on the device. Inductor's C++ backend (torch 2.13, still 2.14)
-fails to build the updates that keep state (momentum SGD, Adam: pytorch/pytorch#196570) and
-its code for one variant wrote wrong values: the probe exists for such builds. A tensor whose
-compiled update fails its probe is updated by the same function eagerly (torch's arithmetic, one
-pass per operation): slower, the same numbers.
+on the CPU (eagerly, and compiled). Its update is the one of ``torch.optim.SGD``, ``Adam`` and
+``AdamW`` (``capturable`` and ``fused`` groups included) with the floats as operands (an
+``alpha=`` or ``value=`` would make dynamo recompile at every new learning rate or bias
+correction), and its projection is the core's: its results agree with "torch's step, then the
+hook" to within rounding, not bit for bit as the native kernels; nodes inside the set keep the
+values the update wrote. Nothing reads a device value on the host: Adam's step counts are read
+only where torch keeps them on the CPU; capturable and fused groups compute their bias
+corrections on the device.
+
+Each call signature (tensor metadata, constraint, view, flags) gets its own compiled copy of the
+function, probed once against the eager function on copies of the call's tensors. Inductor's C++
+backend (torch 2.13, still 2.14) fails to build the updates that keep state (momentum SGD, Adam:
+pytorch/pytorch#196570), and its code for one variant of them wrote wrong values: the probe is
+there for such builds. A tensor whose compiled update fails its probe, or a later recompile, is
+updated by the same function eagerly: slower than the unfused step, the same numbers.
 
 Example:
     >>> import torch
@@ -33,8 +37,9 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,9 +54,13 @@ __all__ = ["DEVICES", "layout_problem", "refusal", "state_problem", "step"]
 DEVICES: frozenset[str] = frozenset({"cuda"})
 """The device types whose tensors take this path (the CPU's take the native kernels)."""
 
+BACKEND = "inductor"
+"""The ``torch.compile`` backend (the tests use "aot_eager" for what Inductor's C++ backend
+cannot build: the same graphs, guards and recompiles, without Inductor's code)."""
+
 COMPILE = True
-"""Whether :func:`step` runs its functions through ``torch.compile`` (False: eagerly, torch's
-arithmetic bit for bit, in one pass per operation)."""
+"""Whether :func:`step` runs its functions through ``torch.compile`` (False: eagerly, one pass
+per operation)."""
 
 
 def layout_problem(registration: Registration) -> str:
@@ -130,18 +139,19 @@ def _sgd_one(
     nesterov: bool,
     maximize: bool,
 ) -> None:
-    """torch's single-tensor SGD on one tensor, then its projection (``first``: the momentum
-    buffer is new, and takes the gradient)."""
+    """torch's SGD on one tensor, then its projection (``first``: the momentum buffer is new,
+    and takes the gradient). The floats enter as operands only (never as an ``alpha=``, which
+    dynamo would specialise: a recompile at every change of the learning rate)."""
     g = -grad if maximize else grad
     if weight_decay != 0:
-        g = g.add(p, alpha=weight_decay)
+        g = g + p * weight_decay
     if buffer is not None:
         if first:
             buffer.copy_(g)
         else:
-            buffer.mul_(momentum).add_(g, alpha=1 - dampening)
-        g = g.add(buffer, alpha=momentum) if nesterov else buffer
-    p.add_(g, alpha=-lr)
+            buffer.mul_(momentum).add_(g * (1 - dampening))
+        g = g + buffer * momentum if nesterov else buffer
+    p.sub_(g * lr)
     _project_(p, project, view)
 
 
@@ -150,7 +160,7 @@ def _adam_one(
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
-    count: Any,
+    corrections: Any,
     project: Any,
     view: Any,
     lr: float,
@@ -162,23 +172,26 @@ def _adam_one(
     maximize: bool,
     wide: bool,
 ) -> None:
-    """torch's single-tensor Adam/AdamW on one tensor, then its projection; ``count``: the
-    incremented step, a Python number or (capturable, fused groups) a tensor on the device,
-    whose bias corrections are computed in float64 with ``wide`` (as torch's fused kernels
-    compute them; capturable groups compute them in the step's dtype)."""
-    if wide:
-        count = count.double()
+    """torch's Adam/AdamW on one tensor, then its projection. ``corrections``: the step size
+    and the square root of the second bias correction, two Python numbers computed on the host
+    (where torch keeps the step count on the CPU), or the incremented step count, a tensor on
+    the device (capturable and fused groups), from which they are computed there: in float64
+    with ``wide`` (as torch's fused kernels), in the count's dtype otherwise (as capturable)."""
+    if isinstance(corrections, torch.Tensor):
+        count = corrections.double() if wide else corrections
+        step_size = lr / (1 - beta1**count)
+        bc2_sqrt = (1 - beta2**count).sqrt()
+    else:
+        step_size, bc2_sqrt = corrections
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled:
             p.mul_(1 - lr * weight_decay)
         else:
-            g = g.add(p, alpha=weight_decay)
-    exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    step_size = lr / (1 - beta1**count)
-    denom = (exp_avg_sq.sqrt() / (1 - beta2**count) ** 0.5).add_(eps)
-    p.addcdiv_(exp_avg, denom, value=-step_size)
+            g = g + p * weight_decay
+    exp_avg.mul_(beta1).add_(g * (1 - beta1))
+    exp_avg_sq.mul_(beta2).add_(g * g * (1 - beta2))
+    p.sub_(exp_avg / (exp_avg_sq.sqrt() / bc2_sqrt + eps) * step_size)
     _project_(p, project, view)
 
 
@@ -194,10 +207,14 @@ def _compiled(kind: str, signature: tuple) -> Any:
     the core's checks of an axis cannot take) and reach the limit. Within a signature only the
     floats change (not specialised after their first change: a scheduler recompiles once)."""
     function = _ONE[kind]
-    code = function.__code__.replace(co_name=f"{function.__name__}_{len(_PROBED)}")
+    # a name no other copy in this process has: dynamo keeps what it learnt of a frame's
+    # shapes and ints (automatic dynamic) by file, line and name
+    code = function.__code__.replace(co_name=f"{function.__name__}_{next(_COPIES)}")
     copy: Callable[..., None] = types.FunctionType(code, function.__globals__, code.co_name)
-    return torch.compile(copy, fullgraph=True)
+    return torch.compile(copy, fullgraph=True, backend=BACKEND)
 
+
+_COPIES = itertools.count()
 
 _PROBED: dict[tuple, str] = {}
 """What the probe found for each signature of a call (see :func:`_probe`): "" when the compiled
@@ -211,7 +228,15 @@ def _signature(kind: str, args: tuple) -> tuple:
     def described(a: Any) -> Any:
         if isinstance(a, torch.Tensor):
             return (tuple(a.shape), a.stride(), a.dtype, a.device)
-        return float if isinstance(a, float) else a
+        if isinstance(a, tuple):
+            return tuple(described(b) for b in a)
+        if isinstance(a, float):
+            return float
+        try:
+            hash(a)
+        except TypeError:  # a constraint that is not hashable: known by its identity
+            return (type(a), id(a))
+        return a
 
     return (kind, *(described(a) for a in args))
 
@@ -231,7 +256,7 @@ def _probe(kind: str, args: tuple) -> str:
             a, b, rtol=1e-5, atol=1e-6, equal_nan=True
         ):
             worst = float((a - b).abs().nan_to_num().max())
-            return f"the compiled update disagrees with torch's by {worst:.3g}"
+            return f"the compiled update disagrees with the eager one by {worst:.3g}"
     return ""
 
 
@@ -249,10 +274,10 @@ def _call(kind: str, args: tuple, compile: bool) -> str:
     if key not in _PROBED:
         _PROBED[key] = _probe(kind, args)
     if not _PROBED[key]:
-        try:  # a recompile (a float's first change) that fails raises before writing anything
+        try:  # a recompile that fails (or reaches dynamo's limit) raises before writing
             _compiled(kind, key)(*args)
             return ""
-        except torch._dynamo.exc.TorchDynamoException as error:
+        except Exception as error:
             _PROBED[key] = _failed(error)
     _ONE[kind](*args)
     return _PROBED[key]
@@ -268,42 +293,48 @@ def _adam_state(group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _sgd_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> list:
-    """The arguments of :func:`_sgd_one` for each ``(p, grad, project, view)`` of ``items``."""
+def _sgd_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> Iterator:
+    """The arguments of :func:`_sgd_one` for each ``(p, grad, project, view)`` of ``items``,
+    a new momentum buffer kept in the state as it is made."""
     state, momentum = optimizer.state, group["momentum"] != 0
     numbers = [float(group[name]) for name in ("lr", "weight_decay", "momentum", "dampening")]
     flags = bool(group.get("nesterov")), bool(group.get("maximize"))
-    calls = []
     for p, grad, project, view in items:
         buffer = state[p].get("momentum_buffer") if momentum else None
         first = momentum and buffer is None
         if first:
-            buffer = torch.empty_like(p)
-        calls.append((p, grad, buffer, first, project, view, *numbers, *flags))
-    return calls
+            buffer = state[p]["momentum_buffer"] = torch.empty_like(p)
+        yield (p.detach(), grad, _plain(buffer), first, project, view, *numbers, *flags)
 
 
-def _adam_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> list:
+def _adam_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> Iterator:
     """The arguments of :func:`_adam_one` for each ``(p, grad, project, view)`` of ``items``,
-    each step count incremented: read on the host where torch keeps it on the CPU, a tensor on
-    the device for capturable and fused groups (their bias corrections are computed there)."""
+    its step count incremented as it is made (read on the host only where torch keeps it on the
+    CPU: the bias corrections computed in double there, as torch's)."""
     state = optimizer.state
-    for p, *_ in items:
-        if not state[p]:
-            state[p].update(_adam_state(group, p))
-    counts: list[Any] = [state[p]["step"] for p, *_ in items]
-    torch._foreach_add_(counts, 1.0)
-    if not (group.get("capturable") or group.get("fused")):  # CPU tensors, as torch reads them
-        counts = [float(c) for c in counts]
     beta1, beta2 = (float(b) for b in group["betas"])
     decoupled = bool(group.get("decoupled_weight_decay", type(optimizer) is torch.optim.AdamW))
     lr, eps, weight_decay = (float(group[k]) for k in ("lr", "eps", "weight_decay"))
     flags = decoupled, bool(group.get("maximize")), bool(group.get("fused"))
-    scalars = (lr, beta1, beta2, eps, weight_decay, *flags)
-    return [
-        (p, grad, state[p]["exp_avg"], state[p]["exp_avg_sq"], count, project, view, *scalars)
-        for (p, grad, project, view), count in zip(items, counts, strict=True)
-    ]
+    on_device = bool(group.get("capturable") or group.get("fused"))
+    for p, grad, project, view in items:
+        if not state[p]:
+            state[p].update(_adam_state(group, p))
+        count = state[p]["step"]
+        count += 1
+        corrections: Any = count
+        if not on_device:
+            step = float(count)
+            corrections = (lr / (1 - beta1**step), (1 - beta2**step) ** 0.5)
+        moments = _plain(state[p]["exp_avg"]), _plain(state[p]["exp_avg_sq"])
+        scalars = (lr, beta1, beta2, eps, weight_decay, *flags)
+        yield (p.detach(), grad, *moments, corrections, project, view, *scalars)
+
+
+def _plain(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor`` as a plain tensor sharing its memory (the probe's copies are plain tensors:
+    a ``Parameter`` would make dynamo compile other code than the code probed)."""
+    return None if tensor is None else tensor.detach()
 
 
 def step(
@@ -332,10 +363,8 @@ def _step(
 ) -> dict[int, str]:
     calls = (_sgd_calls if kind == "sgd" else _adam_calls)(optimizer, group, items)
     eager: dict[int, str] = {}
-    for args in calls:
+    for (p, *_), args in zip(items, calls, strict=True):
         reason = _call(kind, args, compile)
         if reason:
-            eager[id(args[0])] = reason
-        if kind == "sgd" and args[2] is not None:
-            optimizer.state[args[0]]["momentum_buffer"] = args[2]
+            eager[id(p)] = reason
     return eager

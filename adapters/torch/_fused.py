@@ -287,6 +287,7 @@ class FusedStep:
             plan = self.plan = _Plan(
                 registrations, registry._version, members, optimizer, self.native
             )
+            self.eager = {}  # notes of tensors that may have gone (ids can be reused)
         return plan
 
     def group_mode(
@@ -330,10 +331,13 @@ class FusedStep:
 
     @torch.compiler.disable
     def restore(self) -> None:
-        """Give the fused tensors their gradients back."""
+        """Give the fused tensors their gradients back: after the step, or, when the step
+        raised, at the next step's pre-hook (or ``clear()``), to each tensor that has not been
+        given a new gradient since."""
         hidden, self.hidden = self.hidden, []
         for p, grad in hidden:
-            p.grad = grad
+            if p.grad is None:
+                p.grad = grad
 
     def describe(self, optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> str:
         """The audit's note on how the next step treats ``parameter``."""

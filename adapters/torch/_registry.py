@@ -482,8 +482,10 @@ class Constraints:
         for hook in self._hooks:
             if hook.handle is not None:
                 hook.handle.remove()
-            if hook.fused is not None and hook.fused.handle is not None:
-                hook.fused.handle.remove()
+            if hook.fused is not None:
+                hook.fused.restore()  # a step that raised left gradients hidden
+                if hook.fused.handle is not None:
+                    hook.fused.handle.remove()
         for registration in self._registrations:
             for owner, attr, _ in registration.places:
                 owner.__dict__.get(MARK, {}).pop(attr, None)

@@ -417,3 +417,39 @@ def test_a_step_that_raises_leaves_the_fused_tensors_as_they_were(kernels):
 def assert_same_state(a: dict, b: dict) -> None:
     for (name, x), y in zip(a.items(), b.values(), strict=True):
         assert same_bits(x, y), name
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_after_a_step_that_raised_the_new_gradients_are_used(fuse):
+    """The hidden gradients of a step that raised are given back only to tensors that were not
+    given a new gradient since: the next step uses the new ones, as without fuse=True."""
+    runs = []
+    for fused in (False, fuse):
+        layers = model()
+        extra = nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.Adam([*layers.parameters(), extra], lr=0.05)
+        constrain(layers, optimizer, kernel=wc.MaxNorm(0.5), fuse=fused)
+        gradients(layers, 0)
+        extra.grad = torch.ones(3).to_sparse()
+        with pytest.raises(RuntimeError, match="sparse"):
+            optimizer.step()
+        optimizer.zero_grad()
+        gradients(layers, 1)  # a new batch
+        extra.grad = torch.ones(3)
+        optimizer.step()
+        runs.append(layers)
+    assert_same(*runs)
+
+
+def test_clear_gives_hidden_gradients_back(kernels):
+    layers = model()
+    extra = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([*layers.parameters(), extra], lr=0.05)
+    registry = constrain(layers, optimizer, kernel=wc.MaxNorm(0.5), fuse=True)
+    gradients(layers, 0)
+    extra.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        optimizer.step()
+    assert layers[0].weight.grad is None  # hidden by the pre-hook of the step that raised
+    registry.clear()
+    assert layers[0].weight.grad is not None
