@@ -17,8 +17,10 @@ Each call signature (tensor metadata, constraint, view, flags) gets its own comp
 function, probed once against the eager function on copies of the call's tensors. Inductor's C++
 backend (torch 2.13, still 2.14) fails to build the updates that keep state (momentum SGD, Adam:
 pytorch/pytorch#196570), and its code for one variant of them wrote wrong values: the probe is
-there for such builds. A tensor whose compiled update fails its probe, or a later recompile, is
-updated by the same function eagerly: slower than the unfused step, the same numbers.
+there for such builds. It runs before the step (:func:`ready`, in the step's pre-hook): a tensor
+whose compiled update fails it is left to the optimizer's step and the hook. A later recompile
+that fails makes the tensor's update run eagerly: slower than the unfused step, the same
+numbers.
 
 Example:
     >>> import torch
@@ -49,7 +51,7 @@ from ._updates import KINDS
 if TYPE_CHECKING:
     from ._entries import Registration
 
-__all__ = ["DEVICES", "layout_problem", "refusal", "state_problem", "step"]
+__all__ = ["DEVICES", "layout_problem", "ready", "refusal", "state_problem", "step"]
 
 DEVICES: frozenset[str] = frozenset({"cuda"})
 """The device types whose tensors take this path (the CPU's take the native kernels)."""
@@ -293,24 +295,31 @@ def _adam_state(group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _sgd_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> Iterator:
+def _sgd_calls(
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list, preview: bool
+) -> Iterator:
     """The arguments of :func:`_sgd_one` for each ``(p, grad, project, view)`` of ``items``,
-    a new momentum buffer kept in the state as it is made."""
+    a new momentum buffer kept in the state as it is made (not with ``preview``)."""
     state, momentum = optimizer.state, group["momentum"] != 0
     numbers = [float(group[name]) for name in ("lr", "weight_decay", "momentum", "dampening")]
     flags = bool(group.get("nesterov")), bool(group.get("maximize"))
     for p, grad, project, view in items:
-        buffer = state[p].get("momentum_buffer") if momentum else None
+        buffer = (state.get(p) or {}).get("momentum_buffer") if momentum else None
         first = momentum and buffer is None
         if first:
-            buffer = state[p]["momentum_buffer"] = torch.empty_like(p)
+            buffer = torch.empty_like(p)
+            if not preview:
+                state[p]["momentum_buffer"] = buffer
         yield (p.detach(), grad, _plain(buffer), first, project, view, *numbers, *flags)
 
 
-def _adam_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list) -> Iterator:
+def _adam_calls(
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list, preview: bool
+) -> Iterator:
     """The arguments of :func:`_adam_one` for each ``(p, grad, project, view)`` of ``items``,
     its step count incremented as it is made (read on the host only where torch keeps it on the
-    CPU: the bias corrections computed in double there, as torch's)."""
+    CPU: the bias corrections computed in double there, as torch's); with ``preview``, the
+    state is left as it is (a new count, new moments)."""
     state = optimizer.state
     beta1, beta2 = (float(b) for b in group["betas"])
     decoupled = bool(group.get("decoupled_weight_decay", type(optimizer) is torch.optim.AdamW))
@@ -318,17 +327,51 @@ def _adam_calls(optimizer: torch.optim.Optimizer, group: dict[str, Any], items: 
     flags = decoupled, bool(group.get("maximize")), bool(group.get("fused"))
     on_device = bool(group.get("capturable") or group.get("fused"))
     for p, grad, project, view in items:
-        if not state[p]:
-            state[p].update(_adam_state(group, p))
-        count = state[p]["step"]
-        count += 1
+        held = state.get(p) or _adam_state(group, p)
+        if not preview and not state.get(p):
+            state[p].update(held)
+        count = held["step"] + 1 if preview else held["step"].add_(1)
         corrections: Any = count
         if not on_device:
             step = float(count)
             corrections = (lr / (1 - beta1**step), (1 - beta2**step) ** 0.5)
-        moments = _plain(state[p]["exp_avg"]), _plain(state[p]["exp_avg_sq"])
+        moments = _plain(held["exp_avg"]), _plain(held["exp_avg_sq"])
         scalars = (lr, beta1, beta2, eps, weight_decay, *flags)
         yield (p.detach(), grad, *moments, corrections, project, view, *scalars)
+
+
+_CALLS = {"sgd": _sgd_calls, "adam": _adam_calls}
+
+
+def ready(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    items: Sequence[tuple[torch.Tensor, torch.Tensor, Any, Any]],
+) -> dict[int, str]:
+    """Probe, before the step, the signatures of this step's calls not probed yet (see
+    :func:`_probe`), on copies: nothing is written.
+
+    Args:
+        optimizer: The optimizer (its type in :data:`~._updates.KINDS`).
+        group: The param group of ``items``.
+        items: ``(parameter, gradient, bound core constraint, view)`` of each tensor.
+
+    Returns:
+        Why each tensor (by ``id``) whose compiled update failed its probe is better left to
+        the optimizer's step and the hook ({} when compiling is off).
+    """
+    if not COMPILE:
+        return {}
+    kind, left = KINDS[type(optimizer)], {}
+    with torch.no_grad():
+        calls = _CALLS[kind](optimizer, group, list(items), True)
+        for (p, *_), args in zip(items, calls, strict=True):
+            key = _signature(kind, args)
+            if key not in _PROBED:
+                _PROBED[key] = _probe(kind, args)
+            if _PROBED[key]:
+                left[id(p)] = _PROBED[key]
+    return left
 
 
 def _plain(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -361,7 +404,7 @@ def step(
 def _step(
     kind: str, optimizer: torch.optim.Optimizer, group: dict[str, Any], items: list, compile: bool
 ) -> dict[int, str]:
-    calls = (_sgd_calls if kind == "sgd" else _adam_calls)(optimizer, group, items)
+    calls = _CALLS[kind](optimizer, group, items, False)
     eager: dict[int, str] = {}
     for (p, *_), args in zip(items, calls, strict=True):
         reason = _call(kind, args, compile)

@@ -166,6 +166,7 @@ class FusedStep:
         self.hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.pending: list[tuple[int, bool, tuple]] = []  # (group, on a device, work): see run
         self.eager: dict[int, str] = {}  # tensors _device.step updated eagerly, and why
+        self.left: dict[int, str] = {}  # tensors left to the step and the hook, and why
         self.plan: _Plan | None = None
         self.handle: RemovableHandle | None = None
         self.checked: dict[int, tuple[list[int], Any]] = {}  # per group: see _gather
@@ -221,6 +222,12 @@ class FusedStep:
                 and _grad_fits(grad, p)
                 and not _device.state_problem(optimizer, group, p)
             ]
+            left = _device.ready(optimizer, group, items)
+            for p, *_ in items:
+                if id(p) in left:
+                    self.left[id(p)] = left[id(p)]
+                    _warn_once(f"a {tuple(p.shape)} tensor is not fused ({left[id(p)]})")
+            items = [item for item in items if id(item[0]) not in left]
             if items:
                 self._hide([p for p, *_ in items], [grad for _, grad, *_ in items])
                 self.pending.append((index, True, (items,)))
@@ -287,7 +294,7 @@ class FusedStep:
             plan = self.plan = _Plan(
                 registrations, registry._version, members, optimizer, self.native
             )
-            self.eager = {}  # notes of tensors that may have gone (ids can be reused)
+            self.eager, self.left = {}, {}  # notes of tensors that may have gone (ids reused)
         return plan
 
     def group_mode(
@@ -352,6 +359,9 @@ class FusedStep:
                 problem = problem or _device.state_problem(optimizer, group, parameter)
                 if not problem and grad is not None and not _grad_fits(grad, parameter):
                     problem = "its gradient is not a contiguous tensor like the weight"
+                if problem:
+                    return f"fuse=True: projected after the step ({problem})"
+                problem = self.left.get(id(parameter), "")
                 if problem:
                     return f"fuse=True: projected after the step ({problem})"
                 if id(parameter) in self.eager:
