@@ -7,6 +7,7 @@ accepted by the script's ``--help``. Text blocks are output and are not run.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import subprocess
@@ -78,8 +79,15 @@ def test_shell_commands_name_real_things(page, command):
     assert words[0] == "python", f"{page.name}: unexpected command {command!r}"
     script = ROOT / words[1]
     assert script.is_file(), f"{page.name}: {words[1]} does not exist"
-    help_text = subprocess.run(
+    text = help_text(script)
+    for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
+        assert flag in text, f"{page.name}: {words[1]} has no {flag}"
+
+
+@functools.cache
+def help_text(script: Path) -> str:
+    """``script --help``, once per script and process (the scripts import their frameworks
+    first: up to 10 s a start)."""
+    return subprocess.run(
         [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300
     ).stdout
-    for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
-        assert flag in help_text, f"{page.name}: {words[1]} has no {flag}"

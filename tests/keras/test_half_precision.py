@@ -36,8 +36,10 @@ class EveryStep(keras.callbacks.Callback):
         wk.audit(self.model, strict=True, tol=0.0)
 
 
-def train(kind: str, dtype: str, size: int, units: int, growth: float) -> keras.Model:
-    """``STEPS`` SGD steps of a Dense layer with ``size`` inputs held in ``dtype``, each step
+def train(
+    kind: str, dtype: str, size: int, units: int, growth: float, steps: int = STEPS
+) -> keras.Model:
+    """``steps`` SGD steps of a Dense layer with ``size`` inputs held in ``dtype``, each step
     pushing every weight up so that a node's sum grows by about ``growth / units`` before
     projection."""
     keras.utils.set_random_seed(0)
@@ -52,11 +54,11 @@ def train(kind: str, dtype: str, size: int, units: int, growth: float) -> keras.
     # the inputs keep every step's change representable in half precision.
     rate = 0.01
     model.compile(keras.optimizers.SGD(rate), "mse")
-    x = np.full((STEPS, size), growth / (2 * rate * size), "float32")
-    y = np.ones((STEPS, units), "float32")
+    x = np.full((steps, size), growth / (2 * rate * size), "float32")
+    y = np.ones((steps, units), "float32")
     check = EveryStep()
     model.fit(x, y, batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[check])
-    assert check.steps == STEPS
+    assert check.steps == steps
     return model
 
 
@@ -83,8 +85,10 @@ def test_the_new_kinds_hold_in_half_precision_after_every_step(kind, dtype):
 )
 def test_a_node_of_2_to_the_20_entries_holds_in_half_precision(kind, dtype):
     """One node of 2**20 entries (2**20 inputs into one unit): before, the slack of the keep
-    test was 2**20 eps: 8192 radii in bfloat16."""
-    model = train(kind, dtype, size=2**20, units=1, growth=1.0)
+    test was 2**20 eps: 8192 radii in bfloat16. Each step pushes the sum up by one radius, so
+    the former slack fails after the first step; ten steps (each projects 2**20 entries and
+    audits them) show the sum held step after step."""
+    model = train(kind, dtype, size=2**20, units=1, growth=1.0, steps=10)
     kernel = ops.convert_to_numpy(ops.cast(model.layers[0].kernel, "float32")).astype(np.float64)
     assert np.abs(kernel).sum() == pytest.approx(1.0, abs=0.05)
 

@@ -425,11 +425,15 @@ def saved(tmp_path_factory):
     return model, paths
 
 
-@pytest.fixture(scope="module")
-def loaded_elsewhere(saved):
-    """What a fresh process loads from the saved files, first without the adapter imported,
-    then with it."""
-    _, paths = saved
+def save_and_load_elsewhere(folder) -> dict:
+    """The model of ``saved`` saved in ``folder`` as ``model.keras`` and ``model.h5``, and what
+    a fresh process loads from each: ``{"without": {suffix: ...}, "with": {suffix: ...}}``,
+    first without the adapter imported, then with it."""
+    keras.utils.set_random_seed(0)
+    model = saved_model()
+    paths = [folder / "model.keras", folder / "model.h5"]
+    for path in paths:
+        model.save(path)
     env = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
         [sys.executable, "-c", LOAD, *map(str, paths)],
@@ -440,14 +444,25 @@ def loaded_elsewhere(saved):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    return paths, json.loads(line.removeprefix("RESULT "))
+    loaded = json.loads(line.removeprefix("RESULT "))
+    return {
+        when: {path.suffix[1:]: loaded[when][str(path)] for path in paths}
+        for when in ("without", "with")
+    }
+
+
+@pytest.fixture(scope="module")
+def loaded_elsewhere(once_per_run) -> dict:
+    """Computed once per run (see tests/keras/conftest.py): the fresh process is the cost."""
+    _, results = once_per_run("normalized-saving", save_and_load_elsewhere)
+    return results
 
 
 def test_saved_rules_load_as_rules_in_a_process_with_the_adapter(loaded_elsewhere):
-    paths, results = loaded_elsewhere
-    for path in map(str, paths):
-        assert "error" not in results["with"][path], results["with"][path]
-        loaded = results["with"][path]["loaded"]
+    assert sorted(loaded_elsewhere["with"]) == ["h5", "keras"]
+    for suffix, result in loaded_elsewhere["with"].items():
+        assert "error" not in result, (suffix, result)
+        loaded = result["loaded"]
         assert sorted(loaded) == sorted(EXPECTED)
         for name, (kind, config) in EXPECTED.items():
             assert loaded[name][0] == kind, name
@@ -455,10 +470,10 @@ def test_saved_rules_load_as_rules_in_a_process_with_the_adapter(loaded_elsewher
 
 
 def test_saved_rules_never_load_as_keras_classes_without_the_adapter(loaded_elsewhere):
-    paths, results = loaded_elsewhere
-    for path in map(str, paths):
-        assert "loaded" not in results["without"][path], results["without"][path]
-        assert "weight_constraints" in results["without"][path]["error"]
+    assert sorted(loaded_elsewhere["without"]) == ["h5", "keras"]
+    for suffix, result in loaded_elsewhere["without"].items():
+        assert "loaded" not in result, (suffix, result)
+        assert "weight_constraints" in result["error"]
 
 
 @pytest.mark.parametrize("suffix", ["keras", "h5"])

@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -25,33 +27,53 @@ from weight_constraints.adapters import keras as wk
 LOAD = r"""
 import json, sys
 import keras
+
+def load(paths):
+    results = []
+    for path in paths:
+        try:
+            model = keras.saving.load_model(path)
+            result = {
+                "loaded": [
+                    f"{type(c).__module__}.{type(c).__qualname__}"
+                    for layer in model.layers
+                    for c in (layer.kernel_constraint, layer.bias_constraint)
+                ]
+            }
+        except Exception as error:
+            result = {"error": f"{type(error).__name__}: {error}"}
+        result["adapter_imported"] = "weight_constraints.adapters.keras" in sys.modules
+        results.append(result)
+    return results
+
+without = load(sys.argv[1:])  # a process that has not imported the adapter
+import weight_constraints.adapters.keras
+print("RESULT " + json.dumps({"without": without, "with": load(sys.argv[1:])}))
+"""
+
+SAVE_CORE = r"""
+import sys
+import keras
+import weight_constraints as wc
 if sys.argv[1] == "import":
     import weight_constraints.adapters.keras
-results = []
+model = keras.Sequential([
+    keras.Input((3,)),
+    keras.layers.Dense(4, kernel_constraint=wc.MaxNorm(2), bias_constraint=wc.NonNeg()),
+    keras.layers.Dense(3, kernel_constraint=wc.Simplex(axis=0), bias_constraint=wc.Clip(-1, 1)),
+])
 for path in sys.argv[2:]:
-    try:
-        model = keras.saving.load_model(path)
-        result = {
-            "loaded": [
-                f"{type(c).__module__}.{type(c).__qualname__}"
-                for layer in model.layers
-                for c in (layer.kernel_constraint, layer.bias_constraint)
-            ]
-        }
-    except Exception as error:
-        result = {"error": f"{type(error).__name__}: {error}"}
-    result["adapter_imported"] = "weight_constraints.adapters.keras" in sys.modules
-    results.append(result)
-print("RESULT " + json.dumps(results))
+    model.save(path)
+assert ("weight_constraints.adapters.keras" in sys.modules) == (sys.argv[1] == "import")
+print("RESULT []")
 """
 
 
-def run(script: str, mode: str, *paths) -> list:
-    """Run ``script`` in a fresh process with ``mode`` and ``paths`` (one process for all of
-    them: each start imports Keras and its backend); its ``RESULT`` line, decoded."""
+def run(script: str, *arguments) -> Any:
+    """Run ``script`` in a fresh process with ``arguments``; its ``RESULT`` line, decoded."""
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-c", script, mode, *map(str, paths)],
+        [sys.executable, "-c", script, *map(str, arguments)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -62,13 +84,18 @@ def run(script: str, mode: str, *paths) -> list:
     return json.loads(line.removeprefix("RESULT "))
 
 
-def load_in_a_fresh_process(path, import_adapter: bool) -> dict:
-    (result,) = run(LOAD, "import" if import_adapter else "no-import", path)
-    return result
+SAVERS = ["import", "no-import"]
+SUFFIXES = ["keras", "h5"]
+CORE_FILES = [f"core-{saver}.{suffix}" for saver in SAVERS for suffix in SUFFIXES]
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def save_and_load_elsewhere(folder: Path) -> dict:
+    """The saved files, and what a fresh process loads from each: ``{file: (loaded without
+    the adapter, loaded with it)}``. ``model.keras`` and ``model.h5`` hold the adapter's
+    classes; ``core-{saver}.{suffix}`` core objects as layer constraints, saved by this process
+    (which has the adapter) and by a fresh one without it. Two processes in all (each start
+    imports Keras and its backend): the one that saves without the adapter, and one that loads
+    every file first without the adapter, then imports it and loads them again."""
     model = keras.Sequential(
         [
             keras.Input((3,)),
@@ -76,13 +103,39 @@ def saved(tmp_path_factory):
             layers.Dense(2, kernel_constraint=wk.MinMaxNorm(0.5, 1), bias_constraint=wk.UnitNorm()),
         ]
     )
-    path = tmp_path_factory.mktemp("saved") / "model.keras"
-    model.save(path)
-    return path
+    model.save(folder / "model.keras")
+    h5 = keras.Sequential([keras.Input((3,)), layers.Dense(2, kernel_constraint=wk.MaxNorm(2))])
+    h5.save(folder / "model.h5")
+    np.save(folder / "model.h5.kernel.npy", keras.ops.convert_to_numpy(h5.layers[0].kernel))
+    core = keras.Sequential(
+        [
+            keras.Input((3,)),
+            layers.Dense(4, kernel_constraint=wc.MaxNorm(2), bias_constraint=wc.NonNeg()),
+            layers.Dense(3, kernel_constraint=wc.Simplex(axis=0), bias_constraint=wc.Clip(-1, 1)),
+        ]
+    )  # SAVE_CORE's model, saved by a process with the adapter: this one
+    assert "weight_constraints.adapters.keras" in sys.modules
+    for suffix in SUFFIXES:
+        core.save(folder / f"core-import.{suffix}")
+    run(SAVE_CORE, "no-import", *(folder / f"core-no-import.{suffix}" for suffix in SUFFIXES))
+    files = ["model.keras", "model.h5", *CORE_FILES]
+    loaded = run(LOAD, *(folder / name for name in files))
+    return {
+        name: (without, with_adapter)
+        for name, without, with_adapter in zip(
+            files, loaded["without"], loaded["with"], strict=True
+        )
+    }
+
+
+@pytest.fixture(scope="module")
+def saved(once_per_run) -> tuple[Path, dict]:
+    return once_per_run("saving", save_and_load_elsewhere)
 
 
 def test_a_process_without_the_adapter_gets_an_error_naming_it(saved):
-    result = load_in_a_fresh_process(saved, import_adapter=False)
+    _, loaded = saved
+    result, _ = loaded["model.keras"]
     assert not result["adapter_imported"]
     assert "loaded" not in result, f"loaded silently as {result.get('loaded')}"
     assert "weight_constraints.adapters.keras" in result["error"]
@@ -90,7 +143,9 @@ def test_a_process_without_the_adapter_gets_an_error_naming_it(saved):
 
 
 def test_a_process_with_the_adapter_gets_our_classes(saved):
-    result = load_in_a_fresh_process(saved, import_adapter=True)
+    _, loaded = saved
+    _, result = loaded["model.keras"]
+    assert result["adapter_imported"]
     module = "weight_constraints.adapters.keras"
     assert result["loaded"] == [
         f"{module}.MaxNorm",
@@ -112,39 +167,22 @@ def test_configs_saved_with_the_former_class_names_still_load_as_ours(name):
         assert type(load(config)) is getattr(wk, name)
 
 
-def test_h5_files_do_not_substitute_either(tmp_path):
+def test_h5_files_do_not_substitute_either(saved):
     """The legacy HDF5 format writes the same configs: the same error, never a substitute."""
-    model = keras.Sequential([keras.Input((3,)), layers.Dense(2, kernel_constraint=wk.MaxNorm(2))])
-    model.save(tmp_path / "model.h5")
-    result = load_in_a_fresh_process(tmp_path / "model.h5", import_adapter=False)
+    folder, loaded = saved
+    result, _ = loaded["model.h5"]
+    assert not result["adapter_imported"]
     assert "loaded" not in result, f"loaded silently as {result.get('loaded')}"
     assert "weight_constraints>MaxNorm" in result["error"]
-    loaded = keras.saving.load_model(tmp_path / "model.h5")
-    assert loaded.layers[0].kernel_constraint == wk.MaxNorm(2)
+    model = keras.saving.load_model(folder / "model.h5")  # this process has the adapter
+    assert model.layers[0].kernel_constraint == wk.MaxNorm(2)
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(loaded.layers[0].kernel),
         keras.ops.convert_to_numpy(model.layers[0].kernel),
+        np.load(folder / "model.h5.kernel.npy"),
     )
 
 
 # -- core objects used directly as layer constraints (Dense(kernel_constraint=wc.MaxNorm(2))) ------
-
-SAVE_CORE = r"""
-import sys
-import keras
-import weight_constraints as wc
-if sys.argv[1] == "import":
-    import weight_constraints.adapters.keras
-model = keras.Sequential([
-    keras.Input((3,)),
-    keras.layers.Dense(4, kernel_constraint=wc.MaxNorm(2), bias_constraint=wc.NonNeg()),
-    keras.layers.Dense(3, kernel_constraint=wc.Simplex(axis=0), bias_constraint=wc.Clip(-1, 1)),
-])
-for path in sys.argv[2:]:
-    model.save(path)
-assert ("weight_constraints.adapters.keras" in sys.modules) == (sys.argv[1] == "import")
-print("RESULT []")
-"""
 
 CORE_CLASSES = [
     "weight_constraints._objects.MaxNorm",
@@ -152,39 +190,22 @@ CORE_CLASSES = [
     "weight_constraints._objects.Simplex",
     "weight_constraints._objects.Clip",
 ]
-SAVERS = ["import", "no-import"]
-SUFFIXES = ["keras", "h5"]
-
-
-@pytest.fixture(scope="module")
-def core_files(tmp_path_factory):
-    """Core objects saved as layer constraints by a process with the adapter and by one
-    without, in both formats, then loaded by a process without the adapter and by one with it:
-    ``{(saver, suffix): (path, loaded without, loaded with)}`` (four processes in all)."""
-    folder = tmp_path_factory.mktemp("core")
-    paths = {(s, suffix): folder / f"{s}.{suffix}" for s in SAVERS for suffix in SUFFIXES}
-    for saver in SAVERS:
-        run(SAVE_CORE, saver, *(paths[saver, suffix] for suffix in SUFFIXES))
-    without = run(LOAD, "no-import", *paths.values())
-    with_adapter = run(LOAD, "import", *paths.values())
-    return {
-        key: (path, a, b)
-        for (key, path), a, b in zip(paths.items(), without, with_adapter, strict=True)
-    }
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 @pytest.mark.parametrize("saver", SAVERS, ids=["saved-with", "saved-without"])
-def test_core_objects_never_load_as_keras_classes(core_files, saver, suffix):
+def test_core_objects_never_load_as_keras_classes(saved, saver, suffix):
     """Core objects as layer constraints were saved as class_name 'MaxNorm' and loaded silently
     as keras.constraints.MaxNorm where the adapter was not imported by the loading (or the
     saving) process. Now: ours with the adapter, an error without it, whoever saved the file."""
-    path, without, with_adapter = core_files[saver, suffix]
+    folder, loaded = saved
+    without, with_adapter = loaded[f"core-{saver}.{suffix}"]
+    assert not without["adapter_imported"] and with_adapter["adapter_imported"]
     assert "loaded" not in without, f"loaded silently as {without.get('loaded')}"
     assert "weight_constraints" in without["error"]
     assert with_adapter["loaded"] == CORE_CLASSES
-    loaded = keras.saving.load_model(path)  # this process has the adapter
-    first, second = loaded.layers
+    model = keras.saving.load_model(folder / f"core-{saver}.{suffix}")  # with the adapter
+    first, second = model.layers
     assert (first.kernel_constraint, first.bias_constraint) == (wc.MaxNorm(2), wc.NonNeg())
     assert (second.kernel_constraint, second.bias_constraint) == (wc.Simplex(), wc.Clip(-1, 1))
 
